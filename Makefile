@@ -1,0 +1,46 @@
+# mdc: make help lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+# How long each fuzz target runs inside make test (the corpus in testdata
+# always runs as part of go test).
+FUZZTIME ?= 10s
+DEMO_DIR ?= $(CURDIR)/.demo
+
+.PHONY: help deps build test unit race fuzz lint bench demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages tests and demo need (idempotent)
+	@hack/install-deps.sh
+
+build: ## build mdc and mdc-agent into bin/
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+test: deps lint unit race fuzz ## everything CI runs: lint, unit and integration tests, race tests, bounded fuzzing
+
+unit: ## go test ./... (integration tests with real components included)
+	$(GO) test -count=1 -timeout 20m ./...
+
+race: ## the concurrency-sensitive packages under the race detector
+	$(GO) test -count=1 -race -timeout 20m ./machine/... ./events/... ./api/...
+
+fuzz: ## every fuzz target for FUZZTIME
+	@hack/fuzz.sh $(FUZZTIME)
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: deps ## benchmarks with their peers, figures for docs/BENCHMARKS.md
+	@hack/bench.sh
+
+demo: deps build ## start mdc on embedded defaults and show machines and events
+	@hack/demo.sh $(DEMO_DIR)
+
+clean: ## remove build output and the demo's data
+	rm -rf $(BIN) $(DEMO_DIR)
