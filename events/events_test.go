@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/microdc/mdc/machine"
@@ -362,5 +363,47 @@ func TestWaitForHonoursContext(t *testing.T) {
 	tab.Apply(machine.Event{ID: "a", Type: machine.Discovered, Machine: "525400000008", Seq: 2})
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Reading histories must leave nothing behind on the server: under a burst
+// of conflicting writes every retry reads one, and consumers left to expire
+// once filled the server's consumer limit and failed writes.
+func TestHistoryLeavesNoConsumers(t *testing.T) {
+	env := startEnv(t, t.TempDir())
+	ctx := context.Background()
+	var ids []machine.ID
+	for i := range 20 {
+		id := machine.ID(fmt.Sprintf("5254000001%02x", i))
+		ids = append(ids, id)
+		if _, _, err := env.store.Update(ctx, id, discover(id)); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.store.Log.AppendTelemetry(mustEvent(t, id, machine.DHCPOffered, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3000 {
+		id := ids[i%len(ids)]
+		h, err := env.store.History(ctx, id)
+		if err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if len(h) != 1 || h[0].Machine != id || h[0].Seq == 0 {
+			t.Fatalf("history of %s: %+v", id, h)
+		}
+		if _, err := env.store.Telemetry(ctx, id); err != nil {
+			t.Fatalf("telemetry read %d: %v", i, err)
+		}
+	}
+	for _, s := range []jetstream.Stream{env.store.Log.machines, env.store.Log.boot} {
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The store's own follower is the one consumer allowed.
+		if info.State.Consumers > 1 {
+			t.Errorf("stream %s has %d consumers after reads", info.Config.Name, info.State.Consumers)
+		}
 	}
 }

@@ -61,6 +61,7 @@ func OpenLog(ctx context.Context, nc *nats.Conn, cfg LogConfig) (*Log, error) {
 		DenyDelete:  true,
 		DenyPurge:   true,
 		Duplicates:  2 * time.Minute,
+		AllowDirect: true, // History reads by direct get
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create stream %s: %w", MachineStream, err)
@@ -73,6 +74,7 @@ func OpenLog(ctx context.Context, nc *nats.Conn, cfg LogConfig) (*Log, error) {
 		Replicas:    cfg.Replicas,
 		MaxAge:      cfg.TelemetryMaxAge,
 		Duplicates:  time.Minute,
+		AllowDirect: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create stream %s: %w", BootStream, err)
@@ -141,7 +143,7 @@ func (l *Log) LastSeq(ctx context.Context) (uint64, error) {
 // History reads one machine's lifecycle events from the stream, oldest first.
 func (l *Log) History(ctx context.Context, id machine.ID) ([]machine.Event, error) {
 	var out []machine.Event
-	err := l.read(ctx, l.machines, []string{MachineFilter(id)}, func(e machine.Event) { out = append(out, e) })
+	err := l.read(ctx, l.machines, MachineFilter(id), func(e machine.Event) { out = append(out, e) })
 	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", id, err)
 	}
@@ -151,41 +153,33 @@ func (l *Log) History(ctx context.Context, id machine.ID) ([]machine.Event, erro
 // Telemetry reads one machine's boot telemetry still kept, oldest first.
 func (l *Log) Telemetry(ctx context.Context, id machine.ID) ([]machine.Event, error) {
 	var out []machine.Event
-	err := l.read(ctx, l.boot, []string{bootPrefix + string(id) + ".*"}, func(e machine.Event) { out = append(out, e) })
+	err := l.read(ctx, l.boot, bootPrefix+string(id)+".*", func(e machine.Event) { out = append(out, e) })
 	if err != nil {
 		return nil, fmt.Errorf("telemetry of %s: %w", id, err)
 	}
 	return out, nil
 }
 
-// read delivers every stored message matching filters that exists when it
-// starts, then returns.
-func (l *Log) read(ctx context.Context, s jetstream.Stream, filters []string, fn func(machine.Event)) error {
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters})
-	if err != nil {
-		return err
-	}
-	for {
-		batch, err := c.FetchNoWait(1000)
+// read delivers every stored message on filter, oldest first, by direct
+// gets of the next message on the subject. A consumer per read would pile
+// up on the server (they linger until inactive) under bursts of reads.
+func (l *Log) read(ctx context.Context, s jetstream.Stream, filter string, fn func(machine.Event)) error {
+	for seq := uint64(1); ; seq++ {
+		msg, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			e, err := decodeMsg(msg)
-			if err != nil {
-				l.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
-				continue
-			}
-			fn(e)
+		seq = msg.Sequence
+		e, err := Decode(msg.Data)
+		if err != nil {
+			l.log.Warn("skipping undecodable event", "subject", msg.Subject, "seq", seq, "err", err)
+			continue
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return err
-		}
-		if n == 0 {
-			return nil
-		}
+		e.Seq = seq
+		fn(e)
 	}
 }
 
