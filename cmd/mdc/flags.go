@@ -21,6 +21,11 @@ func envName(flagName string) string {
 // parseArgs parses flags anywhere among the arguments (mdc machines show ID
 // -o json) and returns the positional arguments.
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	// The flag package prints usage on every parse error; mdc prints it only
+	// for -h (flagError), so that a mistake stays one line.
+	usage := fs.Usage
+	fs.Usage = func() {}
+	defer func() { fs.Usage = usage }()
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -121,7 +126,7 @@ func readConfig(path string) (map[string]string, error) {
 }
 
 // newFlagSet returns a FlagSet whose errors come back to the caller and whose
-// help goes to w.
+// help (fs.Usage) goes to w.
 func newFlagSet(name string, w io.Writer, help string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
