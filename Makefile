@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 DEMO_DIR ?= $(CURDIR)/.demo
 
-.PHONY: help deps build test unit race fuzz lint bench demo clean
+.PHONY: help deps build test unit race fuzz ceph lint bench demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -21,20 +21,26 @@ build: ## build mdc and mdc-agent into bin/
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-test: deps lint unit race fuzz ## everything CI runs: lint, unit and integration tests, race tests, bounded fuzzing
+test: deps lint unit race ceph fuzz ## everything CI runs: lint, unit and integration tests, race tests, Ceph, bounded fuzzing
 
 unit: ## go test ./... (integration tests with real components included)
 	$(GO) test -count=1 -timeout 20m ./...
 
 race: ## the concurrency-sensitive packages under the race detector
-	$(GO) test -count=1 -race -timeout 20m ./machine/... ./events/... ./api/...
+	$(GO) test -count=1 -race -timeout 20m ./machine/... ./events/... ./api/... ./images/blob/... ./dhcp/...
+
+ceph: ## the RADOS blob backend against a real throwaway single-host Ceph
+	@hack/test-ceph.sh
 
 fuzz: ## every fuzz target for FUZZTIME
 	@hack/fuzz.sh $(FUZZTIME)
 
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, shellcheck of hack/, the nix/ flake's offline checks
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags ceph,pacific ./images/blob/...
+	shellcheck -S warning -x hack/*.sh .ci/run
+	@hack/check-nix.sh
 
 bench: deps ## benchmarks with their peers, figures for docs/BENCHMARKS.md
 	@hack/bench.sh

@@ -36,7 +36,7 @@ head -c "$((size_mib << 20))" /dev/urandom >"$tmp/initrd"
 # Import: best of 3 each, on a file in the page cache (as after a download).
 best() { sort -g | tail -1; }
 put_rates=() sum_rates=()
-for i in 1 2 3; do
+for _ in 1 2 3; do
 	rm -rf "$tmp/put"
 	read -r _ _ rate < <("$bb" put -dir "$tmp/put" -file "$tmp/initrd")
 	put_rates+=("$rate")

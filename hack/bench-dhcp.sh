@@ -69,7 +69,7 @@ perf() {
 	grep -i -m1 '^rate:' "$work/$1.perf" | awk '{print $2}'
 }
 
-declare -A result drops
+declare -A result
 run_mdc() {
 	ip netns exec "$srv" "$work/benchsrv" -interface s0 -advertise-addr 10.77.0.1 \
 		-range "$pool_start-$pool_end/16" -lease-time ${lease}s -data-dir "$work/mdc" >"$work/mdc.log" 2>&1 &
