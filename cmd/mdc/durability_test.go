@@ -44,13 +44,14 @@ type mdcProcess struct {
 	stderr *bytes.Buffer
 }
 
-func startServe(t *testing.T, dataDir string) *mdcProcess {
+func startServe(t *testing.T, dataDir string, extra ...string) *mdcProcess {
 	t.Helper()
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve", "--data-dir", dataDir, "--http-addr", "127.0.0.1:0", "--log-level", "warn")
+	args := append([]string{"serve", "--data-dir", dataDir, "--http-addr", "127.0.0.1:0", "--log-level", "warn"}, extra...)
+	cmd := exec.Command(bin, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
