@@ -160,7 +160,7 @@ func TestDurabilityUnderSIGKILL(t *testing.T) {
 	}
 
 	var mu sync.Mutex
-	acked := map[string]uint64{} // event id (= key) -> seq
+	acked := map[string]uint64{}  // event id (= key) -> seq
 	next := make([]int, machines) // next step of each machine
 	var ackCount atomic.Int64
 	var killed atomic.Bool
