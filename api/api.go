@@ -46,6 +46,10 @@ type Config struct {
 	Version string
 	// KeepAlive is how often an idle event feed sends a comment (default 15s).
 	KeepAlive time.Duration
+	// Images is the image catalog and importer; nil: the image routes answer 503.
+	Images Images
+	// Blobs serves GET/HEAD /blobs/sha256/{hex} (images/blob.Handler); nil: 503.
+	Blobs http.Handler
 }
 
 // Server is the HTTP API.
@@ -89,6 +93,12 @@ func routes() []route {
 		{"POST", "/api/v1/machines/{id}/retire", write, (*Server).retireMachine},
 		{"GET", "/api/v1/machines/{id}/events", read, (*Server).machineEvents},
 		{"GET", "/api/v1/events", read, (*Server).eventFeed},
+		{"GET", "/api/v1/images", read, (*Server).listImages},
+		{"POST", "/api/v1/images", write, (*Server).importImage},
+		{"GET", "/api/v1/images/{name}", read, (*Server).getImage},
+		{"DELETE", "/api/v1/images/{name}", write, (*Server).deleteImage},
+		{"GET", "/blobs/sha256/{hex}", open, (*Server).blob},
+		{"HEAD", "/blobs/sha256/{hex}", open, (*Server).blob},
 	}
 }
 

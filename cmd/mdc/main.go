@@ -57,6 +57,9 @@ Usage:
   mdc machines assign ID ROLE
   mdc machines retire ID [--reason TEXT]
   mdc events   [--follow] [--machine ID] [--since SEQ]
+  mdc images   import DIR [--name N] [--role R] [--require-signed]
+  mdc images   import --kernel F --initrd F [--initrd F…] --cmdline S --name N --role R
+  mdc images   list [--role R] | show NAME | delete NAME [--reason TEXT]
   mdc version
 
 Client flags (every command but serve):
@@ -86,6 +89,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return machinesCmd(ctx, rest, stdout, stderr, getenv)
 	case "events":
 		return eventsCmd(ctx, rest, stdout, stderr, getenv)
+	case "images":
+		return imagesCmd(ctx, rest, stdout, stderr, getenv)
 	case "version":
 		return versionCmd(ctx, rest, stdout, stderr, getenv)
 	case "help", "-h", "--help":
@@ -95,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	return usagef("unknown command %q (run mdc help)", cmd)
 }
 
-var commands = []string{"serve", "machines", "events", "version", "help"}
+var commands = []string{"serve", "machines", "events", "images", "version", "help"}
 
 // commandFirst lets flags stand before the command (mdc --server URL
 // machines list) by moving the first command word to the front.

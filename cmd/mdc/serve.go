@@ -23,6 +23,7 @@ import (
 
 	"github.com/microdc/mdc/api"
 	"github.com/microdc/mdc/events"
+	"github.com/microdc/mdc/machine"
 )
 
 const serveHelp = `Usage: mdc serve [flags]
@@ -47,6 +48,7 @@ type serveConfig struct {
 	readAccess      api.ReadAccess
 	logLevel        slog.Level
 	shutdownTimeout time.Duration
+	images          imageFlags
 }
 
 func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveConfig, error) {
@@ -64,6 +66,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	readAccess := fs.String("read-access", string(api.ReadLoopback), "who may read the API without the token: loopback, open or token")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long open HTTP requests get to finish on SIGINT/SIGTERM")
+	c.images.register(fs)
 
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -117,6 +120,9 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	if c.telemetryMaxAge < time.Minute {
 		return nil, usagef("--telemetry-max-age %s: want at least 1m", c.telemetryMaxAge)
 	}
+	if err := c.images.validate(c.dataDir); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -166,8 +172,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return err
 	}
 	store := events.NewStore(elog, events.NewTable(log, metrics), log)
+	imgs, err := c.images.open(ctx, c.dataDir, conn.NC, c.natsReplicas, reg, log,
+		func() []machine.Machine { return store.List(events.Filter{}) })
+	if err != nil {
+		return err
+	}
+	defer imgs.store.Close()
 	apiServer := api.New(api.Config{
 		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
+		Images: imgs, Blobs: imgs.handler,
 	})
 	httpServer := &http.Server{
 		Handler:           apiServer.Handler(),
@@ -177,6 +190,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return store.Run(gctx) })
+	g.Go(func() error { return imgs.Catalog.Run(gctx) })
 	g.Go(func() error {
 		if err := httpServer.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
@@ -197,6 +211,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	})
 	g.Go(func() error {
 		if err := store.WaitReady(gctx); err != nil {
+			return nil
+		}
+		if err := imgs.Catalog.WaitReady(gctx); err != nil {
 			return nil
 		}
 		log.Info("mdc ready", "version", version, "http", ln.Addr().String(), "machines", store.Table.Len(),

@@ -135,7 +135,7 @@ in
       type = settingsFormat.type;
       default = { };
       example = {
-        trusted-nix-keys = [ "mdc-images-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+        nix-trusted-key = [ "mdc-images-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
         require-signed = true;
       };
       description = ''
