@@ -167,6 +167,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("replaying the event log\n"))
 		return
 	}
+	if s.cfg.Images != nil && !s.cfg.Images.Ready() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("replaying the image catalog\n"))
+		return
+	}
 	_, _ = w.Write([]byte("ready\n"))
 }
 

@@ -351,3 +351,20 @@ func mustRead(t *testing.T, p string) []byte {
 	}
 	return b
 }
+
+// notReady is a catalog still replaying; only Ready is called.
+type notReady struct{ Images }
+
+func (notReady) Ready() bool { return false }
+
+// /readyz waits for the image catalog too: a boot script rendered before it
+// has replayed would not find the images.
+func TestReadyWaitsForCatalog(t *testing.T) {
+	f := newFixture(t)
+	h := New(Config{Machines: f.store, Token: token, Images: notReady{}}).Handler()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != 503 || !strings.Contains(rec.Body.String(), "image catalog") {
+		t.Fatalf("/readyz with the catalog replaying: %d %q", rec.Code, rec.Body)
+	}
+}
