@@ -362,6 +362,14 @@ func (s *Server) bootFile(r *request, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool
 	switch r.netboot {
 	case IPXE:
 		r.bootTo = s.cfg.HTTPBaseURL + "/boot.ipxe?mac=${net0/mac}&buildarch=${buildarch}&platform=${platform}"
+		if s.cfg.Mode == ModeProxy {
+			// iPXE takes an offer without an address as a ProxyDHCP offer
+			// only with option 60 "PXEClient", and uses its answer only
+			// with a next-server and a file name; otherwise it has
+			// "nothing to boot" (QEMU's iPXE ROM beside dnsmasq).
+			resp.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
+			resp.ServerIPAddr = s.cfg.TFTPAddr.AsSlice()
+		}
 	case HTTPBoot:
 		f := s.firmwareFile(r.arch)
 		if f == "" {

@@ -68,9 +68,9 @@ func TestProxyBootFiles(t *testing.T) {
 		{"arm64 http boot gets the arm64 URL", h, pxeMods(iana.EFI_ARM64_HTTP, "HTTPClient:Arch:00019"),
 			&bootReply{File: "http://127.0.0.1:8080/ipxe/" + DefaultARM64Bootfile, Vendor: "HTTPClient", SIAddr: "0.0.0.0"}},
 		{"ipxe by user class gets boot.ipxe", h, append(pxeMods(iana.INTEL_X86PC, "PXEClient:Arch:00000:UNDI:002001"), dhcpv4.WithUserClass("iPXE", false)),
-			&bootReply{File: "http://127.0.0.1:8080/boot.ipxe?mac=${net0/mac}&buildarch=${buildarch}&platform=${platform}", Vendor: "", SIAddr: "0.0.0.0"}},
+			&bootReply{File: "http://127.0.0.1:8080/boot.ipxe?mac=${net0/mac}&buildarch=${buildarch}&platform=${platform}", Vendor: "PXEClient", SIAddr: "127.0.0.1"}},
 		{"ipxe by option 175 gets boot.ipxe", h, append(pxeMods(iana.EFI_X86_64, "PXEClient:Arch:00007:UNDI:003016"), dhcpv4.WithGeneric(dhcpv4.GenericOptionCode(175), []byte{19, 1, 1})),
-			&bootReply{File: "http://127.0.0.1:8080/boot.ipxe?mac=${net0/mac}&buildarch=${buildarch}&platform=${platform}", Vendor: "", SIAddr: "0.0.0.0"}},
+			&bootReply{File: "http://127.0.0.1:8080/boot.ipxe?mac=${net0/mac}&buildarch=${buildarch}&platform=${platform}", Vendor: "PXEClient", SIAddr: "127.0.0.1"}},
 		{"plain dhcp client is ignored", h, nil, nil},
 		{"other vendor class is ignored", h, []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("MSFT 5.0"))}, nil},
 	}

@@ -59,6 +59,7 @@ type Machine struct {
 	Power       string    `json:"power,omitempty"`
 	BootDevice  string    `json:"boot_device,omitempty"`
 	Failure     *Failure  `json:"failure,omitempty"`
+	BootToken   string    `json:"-"`                    // SHA-256 of the current boot's token (boot.go); never shown
 	ExtraMACs   []ID      `json:"extra_macs,omitempty"` // other NICs, from facts or enrolment
 	Created     time.Time `json:"created"`
 	Updated     time.Time `json:"updated"`
@@ -162,14 +163,14 @@ func Apply(m Machine, e Event) (Machine, error) {
 			}
 		}
 	case CommissioningStarted:
-		var d ImageData
+		var d CommissioningBootData
 		if err := decode(e, &d); err != nil {
 			return m, err
 		}
 		if !in(m.State, StDiscovered, Commissioning, StFailed) {
 			return illegal("commissioning starts only from discovered (or failed)")
 		}
-		n.State, n.Image, n.Failure = Commissioning, d.Image, nil
+		n.State, n.Image, n.Failure, n.BootToken = Commissioning, d.Image, nil, d.TokenSHA256
 	case FactsReported:
 		var f Facts
 		if err := decode(e, &f); err != nil {
@@ -202,7 +203,7 @@ func Apply(m Machine, e Event) (Machine, error) {
 		}
 		n.State, n.Role, n.Failure = Provisioning, d.Role, nil
 	case ProvisioningStarted:
-		var d ProvisioningStartedData
+		var d ProvisioningBootData
 		if err := decode(e, &d); err != nil {
 			return m, err
 		}
@@ -216,7 +217,7 @@ func Apply(m Machine, e Event) (Machine, error) {
 		if role == "" {
 			return illegal("the machine has no role")
 		}
-		n.State, n.Role, n.Image, n.Failure = Provisioning, role, d.Image, nil
+		n.State, n.Role, n.Image, n.Failure, n.BootToken = Provisioning, role, d.Image, nil, d.TokenSHA256
 	case Booted:
 		var d BootedData
 		if err := decode(e, &d); err != nil {
@@ -249,7 +250,7 @@ func Apply(m Machine, e Event) (Machine, error) {
 		if in(m.State, StFailed, StRetired) {
 			return illegal("")
 		}
-		n.State = StFailed
+		n.State, n.BootToken = StFailed, ""
 		n.Failure = &Failure{Reason: d.Reason, In: m.State, At: e.Time}
 	case Retired:
 		var d RetiredData
@@ -259,7 +260,7 @@ func Apply(m Machine, e Event) (Machine, error) {
 		if m.State == StRetired {
 			return illegal("the machine is already retired")
 		}
-		n.State = StRetired
+		n.State, n.BootToken = StRetired, ""
 	case Renamed:
 		var d RenamedData
 		if err := decode(e, &d); err != nil {

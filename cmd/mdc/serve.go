@@ -29,8 +29,10 @@ import (
 const serveHelp = `Usage: mdc serve [flags]
 
 Runs mdc: the event log (an embedded NATS JetStream unless --nats-url is
-given), the machine table, and the HTTP API. Flags can also come from
-MDC_<FLAG> variables and the --config YAML file (flags > env > file).
+given), the machine table, and the HTTP API; with --interface also the
+network boot services (DHCP, TFTP, iPXE scripts; docs/netboot.md). Flags
+can also come from MDC_<FLAG> variables and the --config YAML file
+(flags > env > file).
 
 `
 
@@ -49,6 +51,7 @@ type serveConfig struct {
 	logLevel        slog.Level
 	shutdownTimeout time.Duration
 	images          imageFlags
+	netboot         *netbootConfig
 }
 
 func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveConfig, error) {
@@ -67,6 +70,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long open HTTP requests get to finish on SIGINT/SIGTERM")
 	c.images.register(fs)
+	nb := addNetbootFlags(fs)
 
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -121,6 +125,9 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		return nil, usagef("--telemetry-max-age %s: want at least 1m", c.telemetryMaxAge)
 	}
 	if err := c.images.validate(c.dataDir); err != nil {
+		return nil, err
+	}
+	if c.netboot, err = nb.config(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -182,6 +189,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
 		Images: imgs, Blobs: imgs.handler,
 	})
+	// Network boot: DHCP, TFTP and the router advertisement are bound here,
+	// served once the machine table is replayed; /boot.ipxe goes on the mux.
+	nb, err := newNetboot(ctx, c.netboot, netbootDeps{
+		store: store, nc: conn.NC, images: catalogImages{imgs.Catalog},
+		httpPort: ln.Addr().(*net.TCPAddr).Port, reg: reg, log: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer nb.close()
+	nb.mount(apiServer.Mount)
 	httpServer := &http.Server{
 		Handler:           apiServer.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -190,6 +208,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return store.Run(gctx) })
+	g.Go(func() error {
+		if store.WaitReady(gctx) == nil {
+			nb.run(gctx, g)
+		}
+		return nil
+	})
 	g.Go(func() error { return imgs.Catalog.Run(gctx) })
 	g.Go(func() error {
 		if err := httpServer.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
