@@ -74,7 +74,13 @@ type imageService struct {
 	*images.Catalog
 	*images.Importer
 	store   blob.Store
-	handler http.Handler
+	metrics *blob.Metrics
+	log     *slog.Logger
+}
+
+// blobHandler serves /blobs/sha256/{hex}; opts add telemetry (blob.OnServed).
+func (s *imageService) blobHandler(opts ...blob.HandlerOption) http.Handler {
+	return blob.Handler(s.store, s.log, s.metrics, opts...)
 }
 
 // openImages builds the blob store and the image catalog; Run the catalog.
@@ -98,7 +104,8 @@ func (f *imageFlags) open(ctx context.Context, dataDir string, nc *nats.Conn, re
 		Catalog:  cat,
 		Importer: images.NewImporter(store, cat, f.policy, log),
 		store:    store,
-		handler:  blob.Handler(store, log, bm),
+		metrics:  bm,
+		log:      log,
 	}, nil
 }
 

@@ -792,6 +792,9 @@ func checkMDCSide(t *testing.T, c *http.Client, server, data string, fw firmware
 			t.Errorf("%s: no %s telemetry (events: %v)\n%s", fw.name, typ, count, dumpEvents(list.Events))
 		}
 	}
+	if count[machine.BlobServed] < 2 {
+		t.Errorf("%s: %d blob_served telemetry events, want the kernel and the initrd (events: %v)", fw.name, count[machine.BlobServed], count)
+	}
 	if fw.uefi && count[machine.TFTPServed] == 0 {
 		t.Errorf("%s: no tftp_served telemetry (events: %v)", fw.name, count)
 	}

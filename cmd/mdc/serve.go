@@ -23,6 +23,7 @@ import (
 
 	"github.com/microdc/mdc/api"
 	"github.com/microdc/mdc/events"
+	"github.com/microdc/mdc/images/blob"
 	"github.com/microdc/mdc/machine"
 )
 
@@ -185,10 +186,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return err
 	}
 	defer imgs.store.Close()
-	apiServer := api.New(api.Config{
-		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
-		Images: imgs, Blobs: imgs.handler,
-	})
 	// Network boot: DHCP, TFTP and the router advertisement are bound here,
 	// served once the machine table is replayed; /boot.ipxe goes on the mux.
 	nb, err := newNetboot(ctx, c.netboot, netbootDeps{
@@ -199,6 +196,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return err
 	}
 	defer nb.close()
+	apiServer := api.New(api.Config{
+		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
+		Images: imgs, Blobs: imgs.blobHandler(blob.OnServed(nb.rec.BlobServed)),
+	})
 	nb.mount(apiServer.Mount)
 	httpServer := &http.Server{
 		Handler:           apiServer.Handler(),
