@@ -60,7 +60,8 @@ type Subnet struct {
 	Domain    string       // option 15
 	LeaseTime time.Duration
 
-	start, n uint32
+	start, n        uint32
+	opts, leaseOpts []rawOption // encoded once by New
 }
 
 // ParseRange reads "START-END" (as --dhcp-range), with an optional "/BITS"

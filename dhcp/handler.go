@@ -179,7 +179,7 @@ func (s *Server) reply(r *request, mt dhcpv4.MessageType) *dhcpv4.DHCPv4 {
 		OpCode: dhcpv4.OpcodeBootReply, HWType: p.HWType, ClientHWAddr: p.ClientHWAddr,
 		TransactionID: p.TransactionID, Flags: p.Flags, GatewayIPAddr: p.GatewayIPAddr,
 		ClientIPAddr: net.IPv4zero, YourIPAddr: net.IPv4zero, ServerIPAddr: net.IPv4zero,
-		Options: dhcpv4.Options{},
+		Options: make(dhcpv4.Options, 12),
 	}
 	// Echoed as RFC 3046 and RFC 6842 ask; parse checked both are well-formed.
 	for _, code := range []dhcpv4.OptionCode{dhcpv4.OptionRelayAgentInformation, dhcpv4.OptionClientIdentifier} {
@@ -187,10 +187,18 @@ func (s *Server) reply(r *request, mt dhcpv4.MessageType) *dhcpv4.DHCPv4 {
 			resp.Options[code.Code()] = v
 		}
 	}
-	resp.UpdateOption(dhcpv4.OptMessageType(mt))
-	resp.UpdateOption(dhcpv4.OptServerIdentifier(s.advertise))
+	resp.Options[dhcpv4.OptionDHCPMessageType.Code()] = messageTypes[mt]
+	resp.Options[dhcpv4.OptionServerIdentifier.Code()] = s.advertise
 	return resp
 }
+
+// messageTypes are the encoded values of option 53, shared by all replies.
+var messageTypes = func() (t [256][]byte) {
+	for i := range t {
+		t[i] = []byte{byte(i)}
+	}
+	return t
+}()
 
 func (s *Server) isUs(ip net.IP) bool {
 	a, ok := netip.AddrFromSlice(ip.To4())
@@ -329,26 +337,61 @@ func (s *Server) nak(r *request, why string) *dhcpv4.DHCPv4 {
 }
 
 // subnetOptions adds mask, router, DNS, domain and (lease > 0) lease times.
+// They are the same for every reply of a subnet, so New encodes them once.
 func (s *Server) subnetOptions(resp *dhcpv4.DHCPv4, sn *Subnet, lease time.Duration) {
-	resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionSubnetMask, sn.mask()))
+	for _, o := range sn.opts {
+		resp.Options[o.code] = o.value
+	}
+	if lease <= 0 {
+		return
+	}
+	if lease == sn.LeaseTime {
+		for _, o := range sn.leaseOpts {
+			resp.Options[o.code] = o.value
+		}
+		return
+	}
+	for _, o := range leaseOptions(lease) {
+		resp.Options[o.code] = o.value
+	}
+}
+
+// rawOption is an encoded option; replies share the value (never changed).
+type rawOption struct {
+	code  uint8
+	value []byte
+}
+
+func rawOptions(opts ...dhcpv4.Option) []rawOption {
+	out := make([]rawOption, len(opts))
+	for i, o := range opts {
+		out[i] = rawOption{o.Code.Code(), o.Value.ToBytes()}
+	}
+	return out
+}
+
+// encodeOptions fills sn.opts and sn.leaseOpts for subnetOptions.
+func (sn *Subnet) encodeOptions() {
+	opts := []dhcpv4.Option{dhcpv4.OptGeneric(dhcpv4.OptionSubnetMask, sn.mask())}
 	if sn.Router.IsValid() {
-		resp.UpdateOption(dhcpv4.OptRouter(sn.Router.AsSlice()))
+		opts = append(opts, dhcpv4.OptRouter(sn.Router.AsSlice()))
 	}
 	if len(sn.DNS) > 0 {
 		ips := make([]net.IP, len(sn.DNS))
 		for i, d := range sn.DNS {
 			ips[i] = d.AsSlice()
 		}
-		resp.UpdateOption(dhcpv4.OptDNS(ips...))
+		opts = append(opts, dhcpv4.OptDNS(ips...))
 	}
 	if sn.Domain != "" {
-		resp.UpdateOption(dhcpv4.OptDomainName(sn.Domain))
+		opts = append(opts, dhcpv4.OptDomainName(sn.Domain))
 	}
-	if lease > 0 {
-		resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(lease))
-		resp.UpdateOption(dhcpv4.OptRenewTimeValue(lease / 2))
-		resp.UpdateOption(dhcpv4.OptRebindingTimeValue(lease * 7 / 8))
-	}
+	sn.opts = rawOptions(opts...)
+	sn.leaseOpts = leaseOptions(sn.LeaseTime)
+}
+
+func leaseOptions(lease time.Duration) []rawOption {
+	return rawOptions(dhcpv4.OptIPAddressLeaseTime(lease), dhcpv4.OptRenewTimeValue(lease/2), dhcpv4.OptRebindingTimeValue(lease*7/8))
 }
 
 // bootFile tells network-boot clients what to load: iPXE gets boot.ipxe,

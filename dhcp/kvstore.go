@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -15,9 +17,20 @@ const DefaultLeaseBucket = "mdc_dhcp_leases"
 // KVStore keeps leases in a JetStream key-value bucket, one key per address.
 // Create and Update with a revision are JetStream's compare-and-swap, so two
 // mdc instances on one NATS cannot both hold one address.
+//
+// Writes are published asynchronously and each waits for its own
+// acknowledgement, so the writes of concurrent requests share flushes and
+// round trips to the server (group commit) while every caller still learns
+// only after JetStream stored its record.
 type KVStore struct {
-	kv jetstream.KeyValue
+	js  jetstream.JetStream
+	kv  jetstream.KeyValue
+	pre string // subject prefix of the bucket's keys
 }
+
+// writeTimeout bounds a write when the caller's context has no deadline (as
+// jetstream's synchronous publish does).
+const writeTimeout = 5 * time.Second
 
 // NewKVStore opens (or creates) the lease bucket. History 1: only the
 // current record of an address matters.
@@ -34,7 +47,7 @@ func NewKVStore(ctx context.Context, js jetstream.JetStream, bucket string) (*KV
 	if err != nil {
 		return nil, fmt.Errorf("open DHCP lease bucket %q: %w (is JetStream enabled on the NATS server?)", bucket, err)
 	}
-	return &KVStore{kv: kv}, nil
+	return &KVStore{js: js, kv: kv, pre: "$KV." + kv.Bucket() + "."}, nil
 }
 
 // Keys are the dotted address: valid KV keys, readable with `nats kv get`.
@@ -58,9 +71,14 @@ func (s *KVStore) Get(ctx context.Context, addr netip.Addr) (Lease, uint64, erro
 
 // Create implements LeaseStore.
 func (s *KVStore) Create(ctx context.Context, l Lease) (uint64, error) {
-	rev, err := s.kv.Create(ctx, leaseKey(l.Addr), encodeLease(l))
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return 0, fmt.Errorf("create lease %v: %w", l.Addr, ErrConflict)
+	rev, err := s.put(ctx, l, 0)
+	if errors.Is(err, ErrConflict) {
+		// A deleted key (someone ran `nats kv del`) has a marker to write
+		// over: jetstream's Create knows how.
+		rev, err = s.kv.Create(ctx, leaseKey(l.Addr), encodeLease(l))
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, fmt.Errorf("create lease %v: %w", l.Addr, ErrConflict)
+		}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("create lease %v: %w", l.Addr, err)
@@ -70,14 +88,46 @@ func (s *KVStore) Create(ctx context.Context, l Lease) (uint64, error) {
 
 // Update implements LeaseStore.
 func (s *KVStore) Update(ctx context.Context, l Lease, rev uint64) (uint64, error) {
-	n, err := s.kv.Update(ctx, leaseKey(l.Addr), encodeLease(l), rev)
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-		return 0, fmt.Errorf("update lease %v at revision %d: %w", l.Addr, rev, ErrConflict)
+	n, err := s.put(ctx, l, rev)
+	if errors.Is(err, ErrConflict) {
+		return 0, fmt.Errorf("update lease %v at revision %d: %w", l.Addr, rev, err)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("update lease %v: %w", l.Addr, err)
 	}
 	return n, nil
+}
+
+// put writes l if its key is at revision rev (0: absent), and returns once
+// JetStream has stored it (written to its file, so it survives a kill of
+// the process) or refused it.
+func (s *KVStore) put(ctx context.Context, l Lease, rev uint64) (uint64, error) {
+	m := &nats.Msg{Subject: s.pre + leaseKey(l.Addr), Data: encodeLease(l), Header: nats.Header{}}
+	f, err := s.js.PublishMsgAsync(m, jetstream.WithExpectLastSequencePerSubject(rev))
+	if err != nil {
+		return 0, err
+	}
+	var timeout <-chan time.Time
+	if _, ok := ctx.Deadline(); !ok {
+		t := time.NewTimer(writeTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case ack := <-f.Ok():
+		return ack.Sequence, nil
+	case err := <-f.Err():
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			return 0, ErrConflict
+		}
+		return 0, err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-timeout:
+		return 0, fmt.Errorf("no acknowledgement from JetStream in %v", writeTimeout)
+	}
 }
 
 // Watch implements LeaseStore.
@@ -86,7 +136,9 @@ func (s *KVStore) Watch(ctx context.Context, fn func(Lease, uint64), ready func(
 	if err != nil {
 		return fmt.Errorf("watch DHCP leases: %w", err)
 	}
-	defer w.Stop()
+	// Stop deletes the consumer with a request that waits for the API
+	// timeout when NATS is gone; Serve must not wait for that.
+	defer func() { go w.Stop() }()
 	readyDone := false
 	for {
 		select {

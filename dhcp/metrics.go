@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -15,6 +16,24 @@ type metrics struct {
 	naks          prometheus.Counter
 	eventsDropped prometheus.Counter
 	storeErrors   prometheus.Counter
+	// byType caches packets' counters of the message types a server takes
+	// (a label lookup per packet showed in profiles).
+	byType [dhcpv4.MessageTypeInform + 1][2]prometheus.Counter
+}
+
+var results = [2]string{resReplied, resIgnored}
+
+// packet is packets.WithLabelValues(typ, result); mt is typ's number, 0
+// for none.
+func (m *metrics) packet(typ string, mt dhcpv4.MessageType, result string) prometheus.Counter {
+	if int(mt) < len(m.byType) && mt != 0 {
+		for i, r := range results {
+			if r == result {
+				return m.byType[mt][i]
+			}
+		}
+	}
+	return m.packets.WithLabelValues(typ, result)
 }
 
 // Results of handling a packet (label "result").
@@ -38,6 +57,11 @@ func newMetrics(reg prometheus.Registerer, cfg *Config, cache *leaseCache) (*met
 		naks:          prometheus.NewCounter(prometheus.CounterOpts{Name: "mdc_dhcp_naks_total", Help: "DHCPNAKs sent."}),
 		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "mdc_dhcp_events_dropped_total", Help: "Discovered and telemetry events dropped because the queue was full."}),
 		storeErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "mdc_dhcp_lease_store_errors_total", Help: "Lease store operations that failed (the request was dropped; the client retries)."}),
+	}
+	for mt := dhcpv4.MessageTypeDiscover; mt <= dhcpv4.MessageTypeInform; mt++ {
+		for i, r := range results {
+			m.byType[mt][i] = m.packets.WithLabelValues(mt.String(), r)
+		}
 	}
 	cs := []prometheus.Collector{m.packets, m.malformed, m.offers, m.acks, m.naks, m.eventsDropped, m.storeErrors}
 	for i := range cfg.Subnets {

@@ -28,7 +28,18 @@ type leaseCache struct {
 	byAddr   map[netip.Addr]cached
 	byClient map[string]netip.Addr
 	offers   map[netip.Addr]offerHold
+	offerOf  map[string]netip.Addr // client -> the address held for it
+	// holds lists offers in the order they were made; as every hold lasts
+	// the same time, expired ones are at the front (O(1) per offer, where
+	// scanning the map was O(offers) and dominated under load).
+	holds    []heldAt
+	holdHead int
 	cursor   map[*Subnet]uint32
+}
+
+type heldAt struct {
+	addr  netip.Addr
+	until time.Time
 }
 
 type cached struct {
@@ -47,6 +58,7 @@ func newLeaseCache(store LeaseStore, server string, hold time.Duration, reserved
 		byAddr:   make(map[netip.Addr]cached),
 		byClient: make(map[string]netip.Addr),
 		offers:   make(map[netip.Addr]offerHold),
+		offerOf:  make(map[string]netip.Addr),
 		cursor:   make(map[*Subnet]uint32),
 	}
 }
@@ -72,7 +84,29 @@ func (c *leaseCache) applyLocked(l Lease, rev uint64) {
 		c.byClient[l.Client] = l.Addr
 	}
 	if h, ok := c.offers[l.Addr]; ok && h.client != l.Client {
-		delete(c.offers, l.Addr)
+		c.dropHold(l.Addr, h.client)
+	}
+}
+
+// dropHold forgets the offer of a to client. Caller holds mu.
+func (c *leaseCache) dropHold(a netip.Addr, client string) {
+	delete(c.offers, a)
+	if c.offerOf[client] == a {
+		delete(c.offerOf, client)
+	}
+}
+
+// expireHolds forgets offers whose hold ended. Caller holds mu.
+func (c *leaseCache) expireHolds(now time.Time) {
+	for ; c.holdHead < len(c.holds) && !now.Before(c.holds[c.holdHead].until); c.holdHead++ {
+		a := c.holds[c.holdHead].addr
+		if h, ok := c.offers[a]; ok && !now.Before(h.until) {
+			c.dropHold(a, h.client)
+		}
+	}
+	if c.holdHead > 1024 && c.holdHead > len(c.holds)/2 { // amortised O(1)
+		c.holds = append(c.holds[:0], c.holds[c.holdHead:]...)
+		c.holdHead = 0
 	}
 }
 
@@ -97,8 +131,15 @@ func (c *leaseCache) usable(a netip.Addr, client string, now time.Time) bool {
 func (c *leaseCache) offer(sn *Subnet, client string, reserved, requested netip.Addr, now time.Time) (netip.Addr, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.expireHolds(now)
 	pick := func(a netip.Addr) (netip.Addr, bool) {
-		c.offers[a] = offerHold{client, now.Add(c.hold)}
+		if old, ok := c.offerOf[client]; ok && old != a && c.offers[old].client == client {
+			delete(c.offers, old) // one hold per client
+		}
+		until := now.Add(c.hold)
+		c.offers[a] = offerHold{client, until}
+		c.offerOf[client] = a
+		c.holds = append(c.holds, heldAt{a, until})
 		return a, true
 	}
 	if reserved.IsValid() {
@@ -110,15 +151,11 @@ func (c *leaseCache) offer(sn *Subnet, client string, reserved, requested netip.
 	if a, ok := c.byClient[client]; ok && sn.inRange(a) && c.usable(a, client, now) {
 		return pick(a)
 	}
+	if a, ok := c.offerOf[client]; ok && sn.inRange(a) && c.usable(a, client, now) {
+		return pick(a) // a repeated DISCOVER gets the address already held
+	}
 	if requested.IsValid() && sn.inRange(requested) && c.usable(requested, client, now) {
 		return pick(requested)
-	}
-	if len(c.offers) > 4096 {
-		for a, h := range c.offers {
-			if !now.Before(h.until) {
-				delete(c.offers, a)
-			}
-		}
 	}
 	size := sn.size()
 	start := c.cursor[sn]
@@ -200,7 +237,9 @@ func (c *leaseCache) commit(ctx context.Context, a netip.Addr, client string, d 
 	}
 	c.mu.Lock()
 	c.applyLocked(l, rev)
-	delete(c.offers, a)
+	if h, ok := c.offers[a]; ok {
+		c.dropHold(a, h.client)
+	}
 	c.mu.Unlock()
 	return l, nil
 }

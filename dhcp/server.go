@@ -54,6 +54,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LeaseStore == nil {
 		cfg.LeaseStore = NewMemoryStore()
 	}
+	for i := range cfg.Subnets {
+		cfg.Subnets[i].encodeOptions()
+	}
 	reserved := make(map[netip.Addr]string, len(cfg.Reservations))
 	for id, a := range cfg.Reservations {
 		reserved[a] = string(id)
@@ -82,6 +85,10 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// socketBuffer is the size ListenAndServe asks for its sockets' buffers:
+// about 4000 queued requests.
+const socketBuffer = 4 << 20
+
 // ListenAndServe opens the DHCP port (and in proxy mode the PXE port) on
 // cfg.Interface and serves until ctx ends.
 func (s *Server) ListenAndServe(ctx context.Context) error {
@@ -90,6 +97,7 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 		if err != nil {
 			return nil, fmt.Errorf("listen for DHCP on %s port %d: %w (needs root or CAP_NET_BIND_SERVICE and CAP_NET_RAW)", s.ifaceName(), port, err)
 		}
+		growBuffers(c, socketBuffer)
 		return c, nil
 	}
 	conn, err := open(s.cfg.ServerPort)
@@ -192,6 +200,7 @@ func (s *Server) Serve(ctx context.Context, conns ...net.PacketConn) error {
 
 func (s *Server) readLoop(ctx context.Context, conn net.PacketConn, onPXE bool) error {
 	buf := make([]byte, maxPacket+1)
+	outBuf := make([]byte, 0, 576)
 	uc, _ := conn.(*net.UDPConn)
 	for {
 		var n int
@@ -216,7 +225,7 @@ func (s *Server) readLoop(ctx context.Context, conn net.PacketConn, onPXE bool) 
 			}
 			return fmt.Errorf("dhcp: read: %w", err)
 		}
-		out, dest := s.HandlePacket(ctx, buf[:n], netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()), onPXE)
+		out, dest := s.handlePacket(ctx, buf[:n], netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()), onPXE, outBuf[:0])
 		if out == nil {
 			continue
 		}
@@ -232,21 +241,26 @@ func (s *Server) readLoop(ctx context.Context, conn net.PacketConn, onPXE bool) 
 // HandlePacket is the whole packet path without sockets: it returns the
 // reply's bytes and where they go, or nil for no reply.
 func (s *Server) HandlePacket(ctx context.Context, b []byte, peer netip.AddrPort, onPXE bool) ([]byte, netip.AddrPort) {
+	return s.handlePacket(ctx, b, peer, onPXE, nil)
+}
+
+// handlePacket is HandlePacket appending the reply to dst (a read loop
+// reuses one buffer).
+func (s *Server) handlePacket(ctx context.Context, b []byte, peer netip.AddrPort, onPXE bool, dst []byte) ([]byte, netip.AddrPort) {
 	p, bad := parse(b)
 	if bad != "" {
 		s.metrics.malformed.WithLabelValues(bad).Inc()
-		s.metrics.packets.WithLabelValues("unknown", resMalformed).Inc()
+		s.metrics.packet("unknown", 0, resMalformed).Inc()
 		return nil, netip.AddrPort{}
 	}
 	r := &request{ctx: ctx, pkt: p, peer: peer, onPXE: onPXE, now: time.Now()}
 	resp := s.handle(r)
-	typ := r.typ.String()
 	if resp == nil {
-		s.metrics.packets.WithLabelValues(typ, resIgnored).Inc()
+		s.metrics.packet(r.typ.String(), r.typ, resIgnored).Inc()
 		return nil, netip.AddrPort{}
 	}
-	s.metrics.packets.WithLabelValues(typ, resReplied).Inc()
-	return resp.ToBytes(), r.dest
+	s.metrics.packet(r.typ.String(), r.typ, resReplied).Inc()
+	return appendReply(dst, resp), r.dest
 }
 
 // firstSighting reports whether id was not announced before by this server.

@@ -2,9 +2,11 @@ package dhcp
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
 )
 
 // Largest request accepted: one Ethernet frame's worth. DHCP clients send far
@@ -41,29 +43,8 @@ func parse(b []byte) (*dhcpv4.DHCPv4, string) {
 	case !bytes.Equal(b[236:240], magicCookie):
 		return nil, badCookie
 	}
-	// Walk the options ourselves: the TLVs must fit and END must be there.
-	// Whatever follows END is padding by RFC 2131 and is ignored.
-	end := false
-	for i := 240; i < len(b); {
-		code := b[i]
-		if code == 0 {
-			i++
-			continue
-		}
-		if code == 255 {
-			end = true
-			break
-		}
-		if i+1 >= len(b) || i+2+int(b[i+1]) > len(b) {
-			return nil, badOptions
-		}
-		i += 2 + int(b[i+1])
-	}
-	if !end {
-		return nil, badOptions
-	}
-	p, err := dhcpv4.FromBytes(b)
-	if err != nil {
+	p, ok := decodePacket(b)
+	if !ok {
 		return nil, badOptions
 	}
 	hlen := b[2]
@@ -130,4 +111,81 @@ func validRelayInfo(v []byte) bool {
 		i += 2 + int(v[i+1])
 	}
 	return true
+}
+
+// decodePacket is dhcpv4.FromBytes for a request of at least 240 bytes with
+// the magic cookie, with the same result, but walking the options once and
+// with three allocations instead of a dozen (one copy of the packet, which
+// every field and option value points into, the struct and the options
+// map). The
+// option TLVs must fit and END must be there; whatever follows END is
+// padding by RFC 2131 and is ignored.
+func decodePacket(b []byte) (*dhcpv4.DHCPv4, bool) {
+	c := bytes.Clone(b)
+	p := &dhcpv4.DHCPv4{}
+	n := 0
+	end := false
+	for i := 240; i < len(c); {
+		code := c[i]
+		if code == 0 {
+			i++
+			continue
+		}
+		if code == 255 {
+			end = true
+			break
+		}
+		if i+1 >= len(c) || i+2+int(c[i+1]) > len(c) {
+			return nil, false
+		}
+		n++
+		i += 2 + int(c[i+1])
+	}
+	if !end {
+		return nil, false
+	}
+	p.Options = make(dhcpv4.Options, n)
+	for i := 240; ; {
+		code := c[i]
+		if code == 0 {
+			i++
+			continue
+		}
+		if code == 255 {
+			break
+		}
+		l := int(c[i+1])
+		v := c[i+2 : i+2+l : i+2+l]
+		if prev, dup := p.Options[code]; dup {
+			// RFC 2131 4.1 and RFC 3396: repeated options concatenate.
+			v = append(prev[:len(prev):len(prev)], v...)
+		}
+		p.Options[code] = v
+		i += 2 + l
+	}
+	p.OpCode = dhcpv4.OpcodeType(c[0])
+	p.HWType = iana.HWType(c[1])
+	p.HopCount = c[3]
+	copy(p.TransactionID[:], c[4:8])
+	p.NumSeconds = uint16(c[8])<<8 | uint16(c[9])
+	p.Flags = uint16(c[10])<<8 | uint16(c[11])
+	p.ClientIPAddr = net.IP(c[12:16:16])
+	p.YourIPAddr = net.IP(c[16:20:20])
+	p.ServerIPAddr = net.IP(c[20:24:24])
+	p.GatewayIPAddr = net.IP(c[24:28:28])
+	p.ClientHWAddr = net.HardwareAddr(c[28 : 28+min(int(c[2]), 16) : 28+min(int(c[2]), 16)])
+	p.ServerHostName = cString(c[44:108])
+	p.BootFileName = cString(c[108:236])
+	return p, true
+}
+
+// cString is the text of a NUL-terminated field.
+func cString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	if len(b) == 0 {
+		return ""
+	}
+	return string(b)
 }

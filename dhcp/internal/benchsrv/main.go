@@ -6,17 +6,23 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -41,8 +47,28 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	lease := fs.Duration("lease-time", time.Hour, "lease time")
 	dataDir := fs.String("data-dir", "", "JetStream directory")
 	workers := fs.Int("workers", 0, "packets handled at once (0: default)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	null := fs.Bool("null", false, "answer every DISCOVER and REQUEST at once, keeping no leases: the most perfdhcp can measure here")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *null {
+		return nullServer(ctx, *iface, *workers)
+	}
+	// The profile ends at SIGUSR1 (the script's lease count, just before
+	// its kill -9) or at exit.
+	stopProfile := func() {}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		var once sync.Once
+		stopProfile = func() { once.Do(func() { pprof.StopCPUProfile(); f.Close() }) }
+		defer stopProfile()
 	}
 	sn, err := dhcp.ParseRange(*rng)
 	if err != nil {
@@ -94,6 +120,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	defer signal.Stop(usr1)
 	go func() {
 		for range usr1 {
+			stopProfile()
 			n := 0
 			c, cancel := context.WithCancel(ctx)
 			store.Watch(c, func(dhcp.Lease, uint64) { n++ }, cancel)
@@ -102,4 +129,66 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}()
 	fmt.Fprintln(stdout, "serving")
 	return srv.ListenAndServe(ctx)
+}
+
+// nullServer answers DISCOVER with OFFER and REQUEST with ACK of an address
+// made from the MAC, with no lease store, no checks and no allocation: the
+// ceiling the benchmark itself (perfdhcp, the veth pair, the sockets of a
+// Go server) puts on any DHCP server on this machine.
+func nullServer(ctx context.Context, iface string, workers int) error {
+	c, err := server4.NewIPv4UDPConn(iface, &net.UDPAddr{Port: 67})
+	if err != nil {
+		return err
+	}
+	go func() { <-ctx.Done(); c.Close() }()
+	c.SetReadBuffer(4 << 20)
+	c.SetWriteBuffer(4 << 20)
+	if workers == 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	fmt.Println("loaded 0 leases\nserving (null)")
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf, out := make([]byte, 1500), make([]byte, 0, 400)
+			for {
+				n, peer, err := c.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					continue
+				}
+				b := buf[:n]
+				if n < 240 {
+					continue
+				}
+				typ := byte(2) // OFFER, or ACK to a REQUEST
+				for i := 240; i+2 < n && b[i] != 255; {
+					if b[i] == 0 {
+						i++
+						continue
+					}
+					if b[i] == 53 && b[i+2] == 3 {
+						typ = 5
+					}
+					i += 2 + int(b[i+1])
+				}
+				out = append(out[:0], b[:236]...)
+				out[0] = 2
+				m := binary.BigEndian.Uint32(out[30:34])
+				binary.BigEndian.PutUint32(out[16:20], 10<<24|77<<16|(1+m%200)<<8|(1+(m>>8)%250))
+				out = append(out, 99, 130, 83, 99, 53, 1, typ, 54, 4, 10, 77, 0, 1, 51, 4, 0, 0, 14, 16,
+					1, 4, 255, 255, 0, 0, 3, 4, 10, 77, 0, 1, 255)
+				for len(out) < 300 {
+					out = append(out, 0)
+				}
+				c.WriteToUDPAddrPort(out, peer)
+			}
+		}()
+	}
+	wg.Wait()
+	return nil
 }
