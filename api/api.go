@@ -50,6 +50,8 @@ type Config struct {
 	Images Images
 	// Blobs serves GET/HEAD /blobs/sha256/{hex} (images/blob.Handler); nil: 503.
 	Blobs http.Handler
+	// Agent configures the agent API (agent.go).
+	Agent AgentConfig
 }
 
 // Server is the HTTP API.
@@ -60,6 +62,7 @@ type Server struct {
 	mux        *http.ServeMux
 	log        *slog.Logger
 	metrics    *httpMetrics
+	agent      agentState
 }
 
 // route is one entry of the API; the table is checked against openapi.yaml.
@@ -76,6 +79,7 @@ const (
 	open  access = iota // health, readiness, metrics: never secret
 	read                // open on loopback by default, token elsewhere
 	write               // always the admin token
+	agent               // the machine's current boot token, checked by the handler
 )
 
 func routes() []route {
@@ -99,6 +103,11 @@ func routes() []route {
 		{"DELETE", "/api/v1/images/{name}", write, (*Server).deleteImage},
 		{"GET", "/blobs/sha256/{hex}", open, (*Server).blob},
 		{"HEAD", "/blobs/sha256/{hex}", open, (*Server).blob},
+		{"POST", "/api/v1/agent/facts", agent, (*Server).agentFacts},
+		{"POST", "/api/v1/agent/booted", agent, (*Server).agentBooted},
+		{"GET", "/api/v1/agent/config", agent, (*Server).agentConfig},
+		{"POST", "/api/v1/agent/joined", agent, (*Server).agentJoined},
+		{"POST", "/api/v1/agent/heartbeat", agent, (*Server).agentHeartbeat},
 	}
 }
 

@@ -53,6 +53,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	images          imageFlags
 	netboot         *netbootConfig
+	agent           *agentConfig
 }
 
 func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveConfig, error) {
@@ -72,6 +73,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long open HTTP requests get to finish on SIGINT/SIGTERM")
 	c.images.register(fs)
 	nb := addNetbootFlags(fs)
+	ag := addAgentFlags(fs)
 
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -129,6 +131,9 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		return nil, err
 	}
 	if c.netboot, err = nb.config(); err != nil {
+		return nil, err
+	}
+	if c.agent, err = ag.config(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -196,9 +201,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return err
 	}
 	defer nb.close()
+	agentSide := newAgentSide(c.agent, store, log)
 	apiServer := api.New(api.Config{
 		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
 		Images: imgs, Blobs: imgs.blobHandler(blob.OnServed(nb.rec.BlobServed)),
+		Agent: agentSide.api(),
 	})
 	nb.mount(apiServer.Mount)
 	httpServer := &http.Server{
@@ -216,6 +223,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return nil
 	})
 	g.Go(func() error { return imgs.Catalog.Run(gctx) })
+	g.Go(func() error { return agentSide.run(gctx) })
 	g.Go(func() error {
 		if err := httpServer.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
