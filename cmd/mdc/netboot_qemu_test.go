@@ -158,10 +158,25 @@ func (l *netnsLab) startIn(ns, name string, stdout io.Writer, args ...string) *p
 		p.cmd.Stdout = io.MultiWriter(f, stdout)
 	}
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
+	// Pdeathsig fires when the starting thread exits, and inNS and
+	// httpClient end the threads they lock: start from a thread of our own
+	// that lives as long as the process.
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := p.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = p.cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	if err := <-started; err != nil {
 		l.t.Fatalf("start %s: %v", name, err)
 	}
-	go func() { _ = p.cmd.Wait(); f.Close(); close(p.done) }()
 	l.t.Cleanup(func() {
 		p.stop()
 		if l.t.Failed() {

@@ -253,6 +253,13 @@ func describeTelemetry(e machine.Event) string {
 func hint(e machine.Event) string {
 	switch e.Type {
 	case machine.DHCPOffered, machine.DHCPAcked:
+		// Not a boot client: the system it booted asking for its address.
+		var d struct {
+			Client string `json:"client"`
+		}
+		if json.Unmarshal(e.Data, &d) == nil && d.Client == "none" {
+			return ": the system it booted got an address but its agent never reported; look at its console (mdc-agent in the image, mdc.url)"
+		}
 		return ": it got an address but loaded no boot program; check TFTP (--tftp-addr) and the firewall"
 	case machine.TFTPServed:
 		return ": it loaded iPXE but never asked for its boot script; check that it reaches mdc's HTTP port"

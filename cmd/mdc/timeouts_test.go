@@ -201,3 +201,17 @@ func TestHuman(t *testing.T) {
 		}
 	}
 }
+
+// The DHCP of the system a machine booted (no boot client) is not the
+// firmware's: it says the image booted, not that TFTP is broken.
+func TestHintOSDHCP(t *testing.T) {
+	for client, want := range map[string]string{"none": "its agent never reported", "pxe": "check TFTP", "ipxe": "check TFTP"} {
+		e, err := machine.NewEvent(machine.MustParseID("525400e00009"), machine.DHCPAcked, "test", map[string]any{"addr": "10.0.0.9", "client": client})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := hint(e); !strings.Contains(h, want) {
+			t.Errorf("client %s: hint %q, want %q", client, h, want)
+		}
+	}
+}
