@@ -5,11 +5,14 @@ package main
 // full` (OVMF's own UEFI PXE, and SeaBIOS with the iPXE ROM), runs mdc-agent
 // from a busybox initrd as the commissioning image, gets role `test` from the
 // policy, reboots into the role image and joins. Then an image whose agent
-// never checks in ends failed after --commissioning-timeout.
+// never checks in ends failed after --commissioning-timeout; two machines
+// powered on together join in the roles the policy gives them; and a joined
+// machine that is reset boots its role image again and rejoins without
+// commissioning.
 //
 // Needs what TestNetbootQEMU needs, plus a static busybox and apt-get (the
 // Debian kernel package's NIC and disk modules, cached beside the kernel).
-// About two minutes under TCG on two cores.
+// About two and a half minutes under TCG on two cores.
 
 import (
 	"bytes"
@@ -18,6 +21,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -78,6 +82,20 @@ roles:
     heartbeat: 5s
     files:
       - {path: /etc/mdc/motd, mode: "0644", content: "a test node\n"}
+`
+
+// Two roles told apart by disk count (two-at-once).
+const twoRolePolicy = `
+rules:
+  - {role: test, min_disks: 2}
+  - {role: test2}
+roles:
+  test:
+    evidence: [kernel, hook]
+    heartbeat: 5s
+  test2:
+    evidence: [kernel, hook]
+    heartbeat: 5s
 `
 
 const (
@@ -156,7 +174,118 @@ func TestPlugInQEMU(t *testing.T) {
 		l.neverChecksIn(server, data, bios, "52:54:00:6d:01:10", 25*time.Second)
 	})
 
-	t.Logf("seconds from QEMU start to joined (accel %s):", accel())
+	// Two new machines powered on together, told apart by the policy: the
+	// one with two disks gets role test, the one with one disk test2. Their
+	// VMs stay up for reboot-joined.
+	type joinedVM struct {
+		l            *netnsLab
+		server, data string
+		v            vmSpec
+		vm           *proc
+		monitor      string
+	}
+	var kept *joinedVM
+	t.Run("two-at-once", func(t *testing.T) {
+		l := lab.sub(t)
+		// A second tap on the bridge: one VM a tap.
+		for _, args := range [][]string{{"tuntap", "add", "tap1", "mode", "tap"}, {"link", "set", "tap1", "master", "br0"}, {"link", "set", "tap1", "up"}} {
+			l.ip(append([]string{"-n", l.ns}, args...)...)
+		}
+		pol := filepath.Join(l.dir, "policy.yaml")
+		if err := os.WriteFile(pol, []byte(twoRolePolicy), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		data := filepath.Join(l.dir, "mdc-two")
+		// The server and the VMs belong to the parent test, so that
+		// reboot-joined can reboot one of these joined machines.
+		pl := lab
+		server := pl.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
+			"--role-policy", pol, "--agent-heartbeat", "5s")
+		l.importAs(bin, server, data, kernel, initrd, "commissioning", "commissioning")
+		l.importAs(bin, server, data, kernel, initrd, "test-1", "test")
+		l.importAs(bin, server, data, kernel, initrd, "test2-1", "test2")
+		vms := []vmSpec{
+			{"52:54:00:6d:01:21", 512 << 20, 1, []int64{vmDisk1, vmDisk2}, "test"},
+			{"52:54:00:6d:01:22", 512 << 20, 1, []int64{vmDisk1}, "test2"},
+		}
+		mon := monitorPath(pl.t, vms[0].mac) // lives as long as the VM
+		t0 := time.Now()
+		procs := []*proc{
+			pl.startVMOn("tap0", mon, bios, vms[0].mac, vms[0].mem, vms[0].cpus, vms[0].disks),
+			pl.startVMOn("tap1", "", bios, vms[1].mac, vms[1].mem, vms[1].cpus, vms[1].disks),
+		}
+		for i, v := range vms {
+			ok := t.Run(v.role, func(t *testing.T) {
+				l := l.sub(t)
+				took, stages := l.awaitJoined(server, data, bios, v, procs[i], t0, 150*time.Second)
+				results = append(results, result{firmware{bios.name + " " + v.mac + " (two at once)", false, ""}, took, stages})
+			})
+			if !ok {
+				return
+			}
+		}
+		procs[1].stop() // only the first is rebooted
+		kept = &joinedVM{pl, server, data, vms[0], procs[0], mon}
+	})
+
+	// A joined machine that reboots comes back to joined in its role without
+	// commissioning again: its next network boot gets the role image.
+	t.Run("reboot-joined", func(t *testing.T) {
+		if kept == nil {
+			t.Skip("two-at-once left no joined machine to reboot")
+		}
+		l := kept.l.sub(t)
+		id := machine.MustParseID(kept.v.mac)
+		c, tok := l.httpClient(), readAdminToken(t, kept.data)
+		url := kept.server + "/api/v1/machines/" + string(id)
+		lifecycle := func() []string {
+			var life []string
+			for _, e := range getIn[api.EventList](t, c, url+"/events", tok, false).Events {
+				if e.Type.Lifecycle() {
+					life = append(life, string(e.Type))
+				}
+			}
+			return life
+		}
+		before := lifecycle()
+		t0 := time.Now()
+		systemReset(t, kept.monitor)
+		deadline := t0.Add(90 * time.Second)
+		var m machine.Machine
+		for {
+			m = getIn[machine.Machine](t, c, url, tok, false)
+			life := lifecycle()
+			if len(life) > len(before) && m.State == machine.StJoined || m.State == machine.StFailed {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not joined again 90 s after the reset: state %q\n%s", m.State, l.eventsText(c, kept.server, tok, id, t0))
+			}
+			select {
+			case <-kept.vm.done:
+				t.Fatalf("QEMU exited (%v) in state %q", kept.vm.cmd.ProcessState, m.State)
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		took := time.Since(t0)
+		if m.State != machine.StJoined || m.Role != kept.v.role {
+			t.Fatalf("after the reset: state %q role %q (failure %+v), want joined in role %s\n%s", m.State, m.Role, m.Failure, kept.v.role, l.eventsText(c, kept.server, tok, id, t0))
+		}
+		after := lifecycle()
+		if got, want := strings.Join(after[len(before):], " "), "provisioning_started booted joined"; got != want {
+			t.Errorf("events after the reset\n  %s\nwant\n  %s\n%s", got, want, l.eventsText(c, kept.server, tok, id, t0))
+		}
+		t.Logf("joined again %.1f s after the reset; events (seconds from the reset):\n%s", took.Seconds(), l.eventsText(c, kept.server, tok, id, t0))
+		var since []machine.Event
+		for _, e := range getIn[api.EventList](t, c, url+"/events?telemetry=true", tok, false).Events {
+			if !e.Time.Before(t0) {
+				since = append(since, e)
+			}
+		}
+		results = append(results, result{firmware{bios.name + " reset when joined", false, ""}, took, stageLine(since, t0)})
+	})
+
+	t.Logf("seconds from QEMU start (or the reset) to joined (accel %s):", accel())
 	for _, r := range results {
 		t.Logf("  %-32s %.1f s  (%s)", r.fw.name+":", r.joined.Seconds(), r.stages)
 	}
@@ -178,6 +307,25 @@ func (l *netnsLab) plugIn(server, data string, fw firmware, mac string) (time.Du
 	if fw.uefi {
 		limit = 120 * time.Second
 	}
+	return l.awaitJoined(server, data, fw, vmSpec{mac, vmMemory, vmCPUs, []int64{vmDisk1, vmDisk2}, "test"}, vm, t0, limit)
+}
+
+// vmSpec is what a VM has and the role the policy should give it.
+type vmSpec struct {
+	mac   string
+	mem   int64
+	cpus  int
+	disks []int64
+	role  string
+}
+
+// awaitJoined waits until the VM started at t0 is joined in its role, then
+// checks its history and facts.
+func (l *netnsLab) awaitJoined(server, data string, fw firmware, v vmSpec, vm *proc, t0 time.Time, limit time.Duration) (time.Duration, string) {
+	t := l.t
+	mac := v.mac
+	id := machine.MustParseID(mac)
+	c, tok := l.httpClient(), readAdminToken(t, data)
 	var m machine.Machine
 	deadline := t0.Add(limit)
 	for {
@@ -195,8 +343,8 @@ func (l *netnsLab) plugIn(server, data string, fw firmware, mac string) (time.Du
 		}
 	}
 	took := time.Since(t0)
-	if m.State != machine.StJoined || m.Role != "test" {
-		t.Fatalf("%s: state %q role %q (failure %+v), want joined in role test\n%s", fw.name, m.State, m.Role, m.Failure, l.eventsText(c, server, tok, id, t0))
+	if m.State != machine.StJoined || m.Role != v.role {
+		t.Fatalf("%s: state %q role %q (failure %+v), want joined in role %s\n%s", fw.name, m.State, m.Role, m.Failure, v.role, l.eventsText(c, server, tok, id, t0))
 	}
 
 	evs := getIn[api.EventList](t, c, server+"/api/v1/machines/"+string(id)+"/events?telemetry=true", tok, false)
@@ -218,15 +366,15 @@ func (l *netnsLab) plugIn(server, data string, fw firmware, mac string) (time.Du
 	if fw.uefi {
 		wantMode = "uefi"
 	}
-	if f.BootMode != wantMode || f.CPUs != vmCPUs || f.MemoryBytes != vmMemory {
-		t.Errorf("%s: facts boot mode %q, %d CPUs, %d bytes of memory; the VM has %s, %d, %d", fw.name, f.BootMode, f.CPUs, f.MemoryBytes, wantMode, vmCPUs, vmMemory)
+	if f.BootMode != wantMode || f.CPUs != v.cpus || f.MemoryBytes != uint64(v.mem) {
+		t.Errorf("%s: facts boot mode %q, %d CPUs, %d bytes of memory; the VM has %s, %d, %d", fw.name, f.BootMode, f.CPUs, f.MemoryBytes, wantMode, v.cpus, v.mem)
 	}
 	var sizes []uint64
 	for _, d := range f.Disks {
 		sizes = append(sizes, d.SizeBytes)
 	}
-	if fmt.Sprint(sizes) != fmt.Sprint([]uint64{vmDisk1, vmDisk2}) {
-		t.Errorf("%s: disk sizes %v, the VM has %v", fw.name, sizes, []uint64{vmDisk1, vmDisk2})
+	if fmt.Sprint(sizes) != fmt.Sprint(v.disks) {
+		t.Errorf("%s: disk sizes %v, the VM has %v", fw.name, sizes, v.disks)
 	}
 	var macs []string
 	for _, n := range f.NICs {
@@ -320,11 +468,21 @@ func (l *netnsLab) neverChecksIn(server, data string, fw firmware, mac string, t
 // startVM powers on a VM that boots from the network, with sparse raw
 // virtio disks of the given sizes. Its serial console is its log file.
 func (l *netnsLab) startVM(fw firmware, mac string, mem int64, cpus int, disks []int64) *proc {
+	l.t.Helper()
+	return l.startVMOn("tap0", "", fw, mac, mem, cpus, disks)
+}
+
+// startVMOn is startVM on another tap of the bridge, with QEMU's monitor
+// on the unix socket monitor when it is not "".
+func (l *netnsLab) startVMOn(tap, monitor string, fw firmware, mac string, mem int64, cpus int, disks []int64) *proc {
 	t := l.t
 	t.Helper()
 	tag := strings.ReplaceAll(mac, ":", "")
 	args := []string{"qemu-system-x86_64", "-accel", accel(), "-m", fmt.Sprintf("%dM", mem>>20), "-smp", fmt.Sprint(cpus),
-		"-nographic", "-boot", "n", "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"}
+		"-nographic", "-boot", "n", "-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no"}
+	if monitor != "" {
+		args = append(args, "-monitor", "unix:"+monitor+",server=on,wait=off")
+	}
 	if fw.uefi {
 		vars := filepath.Join(l.dir, "vars-"+tag+".fd")
 		b, err := os.ReadFile(ovmfVars)
@@ -553,5 +711,40 @@ func (w *cpioWriter) add(name string, mode int, data []byte, rmaj, rmin int) {
 func (w *cpioWriter) pad() {
 	for w.b.Len()%4 != 0 {
 		w.b.WriteByte(0)
+	}
+}
+
+// monitorPath is a short path for a VM's monitor socket (unix socket paths
+// are limited to 108 bytes; t.TempDir's can be longer).
+func monitorPath(t *testing.T, mac string) string {
+	dir, err := os.MkdirTemp("", "mdcmon")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, strings.ReplaceAll(mac, ":", "")+".sock")
+}
+
+// systemReset presses the VM's reset button through its QEMU monitor.
+func systemReset(t *testing.T, monitor string) {
+	t.Helper()
+	conn, err := net.DialTimeout("unix", monitor, 5*time.Second)
+	if err != nil {
+		t.Fatalf("QEMU monitor: %v", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte("system_reset\n")); err != nil {
+		t.Fatalf("QEMU monitor: %v", err)
+	}
+	// Wait for the prompt after the command: QEMU has taken it.
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte("system_reset")) || !bytes.HasSuffix(bytes.TrimRight(got, " "), []byte("(qemu)")) {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("QEMU monitor after system_reset: %v (read %q)", err, got)
+		}
+		got = append(got, buf[:n]...)
 	}
 }
