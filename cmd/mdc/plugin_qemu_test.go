@@ -184,7 +184,6 @@ func TestPlugInQEMU(t *testing.T) {
 		vm           *proc
 		monitor      string
 	}
-	var kept *joinedVM
 	t.Run("two-at-once", func(t *testing.T) {
 		l := lab.sub(t)
 		// A second tap on the bridge: one VM a tap.
@@ -196,10 +195,7 @@ func TestPlugInQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 		data := filepath.Join(l.dir, "mdc-two")
-		// The server and the VMs belong to the parent test, so that
-		// reboot-joined can reboot one of these joined machines.
-		pl := lab
-		server := pl.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
+		server := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
 			"--role-policy", pol, "--agent-heartbeat", "5s")
 		l.importAs(bin, server, data, kernel, initrd, "commissioning", "commissioning")
 		l.importAs(bin, server, data, kernel, initrd, "test-1", "test")
@@ -208,11 +204,11 @@ func TestPlugInQEMU(t *testing.T) {
 			{"52:54:00:6d:01:21", 512 << 20, 1, []int64{vmDisk1, vmDisk2}, "test"},
 			{"52:54:00:6d:01:22", 512 << 20, 1, []int64{vmDisk1}, "test2"},
 		}
-		mon := monitorPath(pl.t, vms[0].mac) // lives as long as the VM
+		mon := monitorPath(l.t, vms[0].mac) // lives as long as the VM
 		t0 := time.Now()
 		procs := []*proc{
-			pl.startVMOn("tap0", mon, bios, vms[0].mac, vms[0].mem, vms[0].cpus, vms[0].disks),
-			pl.startVMOn("tap1", "", bios, vms[1].mac, vms[1].mem, vms[1].cpus, vms[1].disks),
+			l.startVMOn("tap0", mon, bios, vms[0].mac, vms[0].mem, vms[0].cpus, vms[0].disks),
+			l.startVMOn("tap1", "", bios, vms[1].mac, vms[1].mem, vms[1].cpus, vms[1].disks),
 		}
 		for i, v := range vms {
 			ok := t.Run(v.role, func(t *testing.T) {
@@ -225,64 +221,62 @@ func TestPlugInQEMU(t *testing.T) {
 			}
 		}
 		procs[1].stop() // only the first is rebooted
-		kept = &joinedVM{pl, server, data, vms[0], procs[0], mon}
-	})
+		kept := &joinedVM{l, server, data, vms[0], procs[0], mon}
 
-	// A joined machine that reboots comes back to joined in its role without
-	// commissioning again: its next network boot gets the role image.
-	t.Run("reboot-joined", func(t *testing.T) {
-		if kept == nil {
-			t.Skip("two-at-once left no joined machine to reboot")
-		}
-		l := kept.l.sub(t)
-		id := machine.MustParseID(kept.v.mac)
-		c, tok := l.httpClient(), readAdminToken(t, kept.data)
-		url := kept.server + "/api/v1/machines/" + string(id)
-		lifecycle := func() []string {
-			var life []string
-			for _, e := range getIn[api.EventList](t, c, url+"/events", tok, false).Events {
-				if e.Type.Lifecycle() {
-					life = append(life, string(e.Type))
+		// A joined machine that reboots comes back to joined in its role
+		// without commissioning again: its next network boot gets the role
+		// image. A subtest of two-at-once, which owns the machine.
+		t.Run("reboot-joined", func(t *testing.T) {
+			l := kept.l.sub(t)
+			id := machine.MustParseID(kept.v.mac)
+			c, tok := l.httpClient(), readAdminToken(t, kept.data)
+			url := kept.server + "/api/v1/machines/" + string(id)
+			lifecycle := func() []string {
+				var life []string
+				for _, e := range getIn[api.EventList](t, c, url+"/events", tok, false).Events {
+					if e.Type.Lifecycle() {
+						life = append(life, string(e.Type))
+					}
+				}
+				return life
+			}
+			before := lifecycle()
+			t0 := time.Now()
+			systemReset(t, kept.monitor)
+			deadline := t0.Add(90 * time.Second)
+			var m machine.Machine
+			for {
+				m = getIn[machine.Machine](t, c, url, tok, false)
+				life := lifecycle()
+				if len(life) > len(before) && m.State == machine.StJoined || m.State == machine.StFailed {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("not joined again 90 s after the reset: state %q\n%s", m.State, l.eventsText(c, kept.server, tok, id, t0))
+				}
+				select {
+				case <-kept.vm.done:
+					t.Fatalf("QEMU exited (%v) in state %q", kept.vm.cmd.ProcessState, m.State)
+				case <-time.After(200 * time.Millisecond):
 				}
 			}
-			return life
-		}
-		before := lifecycle()
-		t0 := time.Now()
-		systemReset(t, kept.monitor)
-		deadline := t0.Add(90 * time.Second)
-		var m machine.Machine
-		for {
-			m = getIn[machine.Machine](t, c, url, tok, false)
-			life := lifecycle()
-			if len(life) > len(before) && m.State == machine.StJoined || m.State == machine.StFailed {
-				break
+			took := time.Since(t0)
+			if m.State != machine.StJoined || m.Role != kept.v.role {
+				t.Fatalf("after the reset: state %q role %q (failure %+v), want joined in role %s\n%s", m.State, m.Role, m.Failure, kept.v.role, l.eventsText(c, kept.server, tok, id, t0))
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("not joined again 90 s after the reset: state %q\n%s", m.State, l.eventsText(c, kept.server, tok, id, t0))
+			after := lifecycle()
+			if got, want := strings.Join(after[len(before):], " "), "provisioning_started booted joined"; got != want {
+				t.Errorf("events after the reset\n  %s\nwant\n  %s\n%s", got, want, l.eventsText(c, kept.server, tok, id, t0))
 			}
-			select {
-			case <-kept.vm.done:
-				t.Fatalf("QEMU exited (%v) in state %q", kept.vm.cmd.ProcessState, m.State)
-			case <-time.After(200 * time.Millisecond):
+			t.Logf("joined again %.1f s after the reset; events (seconds from the reset):\n%s", took.Seconds(), l.eventsText(c, kept.server, tok, id, t0))
+			var since []machine.Event
+			for _, e := range getIn[api.EventList](t, c, url+"/events?telemetry=true", tok, false).Events {
+				if !e.Time.Before(t0) {
+					since = append(since, e)
+				}
 			}
-		}
-		took := time.Since(t0)
-		if m.State != machine.StJoined || m.Role != kept.v.role {
-			t.Fatalf("after the reset: state %q role %q (failure %+v), want joined in role %s\n%s", m.State, m.Role, m.Failure, kept.v.role, l.eventsText(c, kept.server, tok, id, t0))
-		}
-		after := lifecycle()
-		if got, want := strings.Join(after[len(before):], " "), "provisioning_started booted joined"; got != want {
-			t.Errorf("events after the reset\n  %s\nwant\n  %s\n%s", got, want, l.eventsText(c, kept.server, tok, id, t0))
-		}
-		t.Logf("joined again %.1f s after the reset; events (seconds from the reset):\n%s", took.Seconds(), l.eventsText(c, kept.server, tok, id, t0))
-		var since []machine.Event
-		for _, e := range getIn[api.EventList](t, c, url+"/events?telemetry=true", tok, false).Events {
-			if !e.Time.Before(t0) {
-				since = append(since, e)
-			}
-		}
-		results = append(results, result{firmware{bios.name + " reset when joined", false, ""}, took, stageLine(since, t0)})
+			results = append(results, result{firmware{bios.name + " reset when joined", false, ""}, took, stageLine(since, t0)})
+		})
 	})
 
 	t.Logf("seconds from QEMU start (or the reset) to joined (accel %s):", accel())
