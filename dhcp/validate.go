@@ -156,6 +156,9 @@ func decodePacket(b []byte) (*dhcpv4.DHCPv4, bool) {
 		}
 		l := int(c[i+1])
 		v := c[i+2 : i+2+l : i+2+l]
+		if l == 0 {
+			v = nil // as FromBytes stores an empty option (append of nothing)
+		}
 		if prev, dup := p.Options[code]; dup {
 			// RFC 2131 4.1 and RFC 3396: repeated options concatenate.
 			v = append(prev[:len(prev):len(prev)], v...)
