@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
 
@@ -29,6 +30,15 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	_, _, store, reg := startStore(t)
+	s := New(Config{Machines: store, Token: token, Reads: ReadLoopback, Registry: reg, Gatherer: reg, Version: "test"})
+	return serve(t, s, store)
+}
+
+// startStore starts an embedded NATS, the event log and a replayed machine
+// table; all of it stops when the test ends.
+func startStore(t *testing.T) (context.Context, *nats.Conn, *events.Store, *prometheus.Registry) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	conn, err := events.Connect(ctx, events.NATSConfig{DataDir: t.TempDir()})
@@ -47,17 +57,21 @@ func newFixture(t *testing.T) *fixture {
 	if err := store.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Machines: store, Token: token, Reads: ReadLoopback, Registry: reg, Gatherer: reg, Version: "test"})
-	h := s.Handler()
-	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
-		srv.Close()
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("store: %v", err)
 		}
 		conn.Close()
 	})
+	return ctx, conn.NC, store, reg
+}
+
+// serve puts s behind an httptest server for the test's lifetime.
+func serve(t *testing.T, s *Server, store *events.Store) *fixture {
+	h := s.Handler()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
 	return &fixture{srv: srv, h: h, store: store}
 }
 

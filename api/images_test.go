@@ -16,9 +16,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/microdc/mdc/events"
 	"github.com/microdc/mdc/images"
 	"github.com/microdc/mdc/images/blob"
 	"github.com/microdc/mdc/images/nixsig"
@@ -41,20 +38,9 @@ type imageFixture struct {
 
 func newImageFixture(t *testing.T, policy nixsig.Policy) *imageFixture {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	conn, err := events.Connect(ctx, events.NATSConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	metrics := events.NewMetrics(reg)
-	l, err := events.OpenLog(ctx, conn.NC, events.LogConfig{Metrics: metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := events.NewStore(l, events.NewTable(nil, metrics), nil)
+	ctx, nc, store, reg := startStore(t)
 	f := &imageFixture{}
-	cat, err := images.OpenCatalog(ctx, conn.NC, images.CatalogConfig{InUse: images.MachinesUsing(func() []machine.Machine {
+	cat, err := images.OpenCatalog(ctx, nc, images.CatalogConfig{InUse: images.MachinesUsing(func() []machine.Machine {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		return f.users
@@ -66,30 +52,21 @@ func newImageFixture(t *testing.T, policy nixsig.Policy) *imageFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 2)
-	go func() { done <- store.Run(ctx) }()
-	go func() { done <- cat.Run(ctx) }()
-	if err := store.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- cat.Run(cctx) }()
+	t.Cleanup(func() { // before the store's: the catalog needs the connection
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("catalog: %v", err)
+		}
+	})
 	if err := cat.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
 	s := New(Config{Machines: store, Token: token, Reads: ReadLoopback, Registry: reg, Gatherer: reg, Version: "test",
 		Images: imageService{cat, images.NewImporter(blobs, cat, policy, nil)}, Blobs: blob.Handler(blobs, nil, nil)})
-	h := s.Handler()
-	srv := httptest.NewServer(h)
-	t.Cleanup(func() {
-		srv.Close()
-		cancel()
-		for range 2 {
-			if err := <-done; err != nil {
-				t.Errorf("run: %v", err)
-			}
-		}
-		conn.Close()
-	})
-	f.fixture, f.cat, f.store = &fixture{srv: srv, h: h, store: store}, cat, blobs
+	f.fixture, f.cat, f.store = serve(t, s, store), cat, blobs
 	return f
 }
 
