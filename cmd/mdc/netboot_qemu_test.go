@@ -439,6 +439,27 @@ var (
 	uefi = firmware{"UEFI (OVMF PXE → snponly.efi)", true, "EFI stub: Loaded initrd from command line option"}
 )
 
+// firmwareArgs are QEMU's arguments for fw and the NIC (netdev n0) with
+// MAC mac: under UEFI, OVMF with a fresh copy of its variables per VM.
+func (l *netnsLab) firmwareArgs(fw firmware, mac string) []string {
+	l.t.Helper()
+	if !fw.uefi {
+		return []string{"-device", "virtio-net-pci,netdev=n0,mac=" + mac}
+	}
+	vars := filepath.Join(l.dir, "vars-"+strings.ReplaceAll(mac, ":", "")+".fd")
+	b, err := os.ReadFile(ovmfVars)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if err := os.WriteFile(vars, b, 0o600); err != nil {
+		l.t.Fatal(err)
+	}
+	// romfile= (none): OVMF's own PXE stack boots, not an iPXE ROM.
+	return []string{"-machine", "q35",
+		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode, "-drive", "if=pflash,format=raw,file=" + vars,
+		"-device", "virtio-net-pci,netdev=n0,romfile=,mac=" + mac}
+}
+
 // bootVM boots one VM from the network and returns its timeline once the
 // initrd is downloaded, or fails after limit.
 func (l *netnsLab) bootVM(fw firmware, mac, kernelPath, initrdPath string, limit time.Duration) timeline {
@@ -446,22 +467,7 @@ func (l *netnsLab) bootVM(fw firmware, mac, kernelPath, initrdPath string, limit
 	t.Helper()
 	args := []string{"qemu-system-x86_64", "-accel", accel(), "-m", "512", "-nographic", "-no-reboot", "-boot", "n",
 		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"}
-	if fw.uefi {
-		vars := filepath.Join(l.dir, "vars-"+strings.ReplaceAll(mac, ":", "")+".fd")
-		b, err := os.ReadFile(ovmfVars)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vars, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		// romfile= (none): OVMF's own PXE stack boots, not an iPXE ROM.
-		args = append(args, "-machine", "q35",
-			"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode, "-drive", "if=pflash,format=raw,file="+vars,
-			"-device", "virtio-net-pci,netdev=n0,romfile=,mac="+mac)
-	} else {
-		args = append(args, "-device", "virtio-net-pci,netdev=n0,mac="+mac)
-	}
+	args = append(args, l.firmwareArgs(fw, mac)...)
 	sn := l.sniff(kernelPath, initrdPath)
 	serial := &lockedBuffer{}
 	name := "qemu-" + strings.ReplaceAll(mac, ":", "")

@@ -477,21 +477,7 @@ func (l *netnsLab) startVMOn(tap, monitor string, fw firmware, mac string, mem i
 	if monitor != "" {
 		args = append(args, "-monitor", "unix:"+monitor+",server=on,wait=off")
 	}
-	if fw.uefi {
-		vars := filepath.Join(l.dir, "vars-"+tag+".fd")
-		b, err := os.ReadFile(ovmfVars)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vars, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		args = append(args, "-machine", "q35",
-			"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode, "-drive", "if=pflash,format=raw,file="+vars,
-			"-device", "virtio-net-pci,netdev=n0,romfile=,mac="+mac)
-	} else {
-		args = append(args, "-device", "virtio-net-pci,netdev=n0,mac="+mac)
-	}
+	args = append(args, l.firmwareArgs(fw, mac)...)
 	for i, size := range disks {
 		p := filepath.Join(l.dir, fmt.Sprintf("disk%d-%s.img", i, tag))
 		f, err := os.Create(p)
