@@ -5,8 +5,10 @@ package dhcp
 // namespaces the test creates. Needs root; skips with the reason otherwise.
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -235,13 +238,20 @@ func TestRealClientsFullMode(t *testing.T) {
 	if err := sn.validate(); err != nil {
 		t.Fatal(err)
 	}
+	dir := t.TempDir()
+	// The server's own account of each packet, printed if a client test fails.
+	srvLog := &syncBuffer{}
 	srv, err := New(Config{Mode: ModeFull, Interface: "br0", AdvertiseAddr: netip.MustParseAddr("10.99.0.1"), HTTPBaseURL: "http://10.99.0.1:8080",
-		Subnets: []Subnet{sn}})
+		Subnets: []Subnet{sn}, Logger: slog.New(slog.NewTextHandler(srvLog, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	serveInNetns(t, srvNS, "br0", srv)
-	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server log:\n%s", srvLog)
+		}
+	})
 
 	type client struct {
 		name                   string
@@ -267,6 +277,11 @@ func TestRealClientsFullMode(t *testing.T) {
 				if err != nil {
 					t.Errorf("dhclient -r: %v\n%s", err, out)
 				}
+				t.Cleanup(func() {
+					if t.Failed() {
+						t.Logf("dhclient -r:\n%s", out)
+					}
+				})
 			},
 			addrVar: "new_ip_address", routerVar: "new_routers", dnsVar: "new_domain_name_servers", leaseVar: "new_dhcp_lease_time",
 		},
@@ -491,4 +506,22 @@ func readReply(c *net.UDPConn, deadline time.Time, xid dhcpv4.TransactionID) *dh
 			return p
 		}
 	}
+}
+
+// syncBuffer is a bytes.Buffer the server's goroutines can log into.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

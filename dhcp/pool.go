@@ -258,6 +258,20 @@ func (c *leaseCache) end(ctx context.Context, a netip.Addr, client string, st Le
 		l.Expires = now.Add(hold)
 	}
 	n, err := c.store.Update(ctx, l, rev)
+	if errors.Is(err, ErrConflict) {
+		// Our copy was stale. A client sends RELEASE and DECLINE once and
+		// never retries, so read the record and try again if the client
+		// still holds the address.
+		cur, curRev, gerr := c.store.Get(ctx, a)
+		if gerr != nil {
+			return fmt.Errorf("end lease %v after a conflict: %w", a, gerr)
+		}
+		c.apply(cur, curRev)
+		if cur.Client != client || !cur.ActiveAt(now) {
+			return nil
+		}
+		n, err = c.store.Update(ctx, l, curRev)
+	}
 	if err != nil {
 		return err
 	}

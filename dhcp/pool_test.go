@@ -79,3 +79,34 @@ func TestOfferHoldsExpireInOrder(t *testing.T) {
 		t.Errorf("%d holds queued for %d offers", n, len(c.offers))
 	}
 }
+
+// A client sends RELEASE once: a stale cached revision (another instance
+// renewed the lease meanwhile) must not lose it.
+func TestReleaseAfterConflict(t *testing.T) {
+	ctx := context.Background()
+	store := NewMemoryStore()
+	c := newLeaseCache(store, "mdc-a", 30*time.Second, nil)
+	now := time.Now()
+	a := netip.MustParseAddr("10.0.0.10")
+	if _, err := c.commit(ctx, a, "client-1", time.Hour, now); err != nil {
+		t.Fatal(err)
+	}
+	// Another instance renews behind this cache's back.
+	_, rev, err := store.Get(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Update(ctx, Lease{Addr: a, Client: "client-1", State: LeaseBound, Expires: now.Add(2 * time.Hour), Server: "mdc-b"}, rev); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.end(ctx, a, "client-1", LeaseReleased, 0, now); err != nil {
+		t.Fatalf("release with a stale revision: %v", err)
+	}
+	got, _, err := store.Get(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != LeaseReleased {
+		t.Errorf("stored lease after release: %+v, want released", got)
+	}
+}
