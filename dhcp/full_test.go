@@ -2,6 +2,7 @@ package dhcp
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/netip"
 	"strconv"
@@ -324,5 +325,31 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := ParseRange("10.0.0.100"); err == nil {
 		t.Error("ParseRange accepted a range without an end")
+	}
+}
+
+// The DHCP of a booted OS (no PXE vendor class, no option 93) carries no
+// firmware label; a firmware's does.
+func TestTelemetryArchOnlyForFirmware(t *testing.T) {
+	cfg := fullConfig()
+	cfg.Machines = fakeMachines{"525400aa0001": {}, "525400aa0002": {}}
+	h := startServer(t, cfg)
+	h.dora(mac(1))
+	h.dora(mac(2), pxeMods(iana.EFI_X86_64, "PXEClient:Arch:00007:UNDI:003016")...)
+	waitFor(t, "telemetry", func() bool { h.rec.mu.Lock(); defer h.rec.mu.Unlock(); return len(h.rec.telemetry) == 4 })
+	h.rec.mu.Lock()
+	defer h.rec.mu.Unlock()
+	for _, e := range h.rec.telemetry {
+		var d TelemetryData
+		if err := json.Unmarshal(e.Data, &d); err != nil {
+			t.Fatal(err)
+		}
+		want := ""
+		if e.Machine == "525400aa0002" {
+			want = "x86_64-efi"
+		}
+		if d.Arch != want {
+			t.Errorf("%s %s: arch %q, want %q", e.Machine, e.Type, d.Arch, want)
+		}
 	}
 }

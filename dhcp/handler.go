@@ -517,7 +517,12 @@ func (s *Server) telemetry(r *request, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, boo
 	if mt == dhcpv4.MessageTypeAck {
 		t = machine.DHCPAcked
 	}
-	d := TelemetryData{Mode: string(s.cfg.Mode), Client: r.netboot.String(), Arch: archName(r.arch), Bootfile: r.bootTo, Server: s.cfg.ServerName}
+	d := TelemetryData{Mode: string(s.cfg.Mode), Client: r.netboot.String(), Bootfile: r.bootTo, Server: s.cfg.ServerName}
+	if r.netboot != NotNetboot {
+		// A booted OS names no firmware: the x86-bios default would
+		// mislabel a UEFI machine's own DHCP.
+		d.Arch = archName(r.arch)
+	}
 	if r.lease.Addr.IsValid() {
 		d.Addr = r.lease.Addr.String()
 	}
