@@ -44,6 +44,11 @@ func (a *agent) run(ctx context.Context) error {
 
 // commission reports the hardware and does what mdc answers.
 func (a *agent) commission(ctx context.Context) error {
+	if a.cfg.Root == "/" || a.cfg.Root == "" {
+		if up := linksUp("/sys", 5*time.Second); len(up) > 0 {
+			a.log.Info("brought links up to read their carrier", "links", strings.Join(up, ","))
+		}
+	}
 	f := collectFacts(a.cfg.Root)
 	a.log.Info("hardware", "summary", describe(f))
 	var ans agentapi.Answer

@@ -4,7 +4,11 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/microdc/mdc/api/agentapi"
 )
@@ -43,4 +47,49 @@ func sameDevice(a, b *os.File) bool {
 		return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 	}
 	return sa.Rdev == sb.Rdev
+}
+
+// linksUp brings up the hardware NICs that are administratively down and
+// waits up to wait for their carrier: a down link reads "no carrier" in
+// sysfs whether or not a cable is in, and an operator needs to know which
+// ports are cabled. It returns the links it brought up.
+func linksUp(sys string, wait time.Duration) []string {
+	var names []string
+	for _, n := range nics(sys) {
+		names = append(names, n.Name)
+	}
+	up := bringUp(names)
+	// Autonegotiation takes a few seconds on real NICs.
+	deadline := time.Now().Add(wait)
+	for _, name := range up {
+		for read(filepath.Join(sys, "class/net", name, "carrier")) != "1" && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return up
+}
+
+// bringUp sets IFF_UP on the named links that are down, and returns them.
+func bringUp(names []string) []string {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(fd)
+	var up []string
+	for _, name := range names {
+		ifr, err := unix.NewIfreq(name)
+		if err != nil || unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr) != nil {
+			continue
+		}
+		flags := ifr.Uint16()
+		if flags&unix.IFF_UP != 0 {
+			continue
+		}
+		ifr.SetUint16(flags | unix.IFF_UP)
+		if unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr) == nil {
+			up = append(up, name)
+		}
+	}
+	return up
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"time"
 
 	"github.com/microdc/mdc/api/agentapi"
 )
@@ -17,3 +18,5 @@ func power(agentapi.Action) error { return errors.New("reboot and power off need
 func killGroup(*exec.Cmd) {}
 
 func sameDevice(a, b *os.File) bool { return false }
+
+func linksUp(string, time.Duration) []string { return nil }
