@@ -37,6 +37,9 @@ type AgentConfig struct {
 	Heartbeat time.Duration
 	// Timeout bounds the event log work of one request (15 s).
 	Timeout time.Duration
+	// BMCPowerCycles: mdc power-cycles machines with a BMC into their role
+	// (cmd/mdc/power.go), so their agents wait instead of rebooting.
+	BMCPowerCycles bool
 }
 
 // Policy is what the agent API needs of the role policy.
@@ -402,6 +405,10 @@ func (s *Server) nextStep(ctx context.Context, b agentBoot, factsSeq uint64) (ag
 	case machine.Provisioning, machine.Running, machine.StJoined:
 		ans.Action, ans.Role = agentapi.ActionReboot, m.Role
 		ans.Reason = fmt.Sprintf("role %s: reboot into its image", m.Role)
+		if cfg.BMCPowerCycles && m.BMC != nil && m.State == machine.Provisioning {
+			ans.Action = agentapi.ActionWait
+			ans.Reason = fmt.Sprintf("role %s: mdc power-cycles the machine into its image through its BMC", m.Role)
+		}
 		if assigned {
 			ans.Reason += " (" + why + ")"
 		}

@@ -52,6 +52,9 @@ type Config struct {
 	Blobs http.Handler
 	// Agent configures the agent API (agent.go).
 	Agent AgentConfig
+	// BMCs enrols and powers machines with a BMC (power.go); nil: those
+	// routes answer 503.
+	BMCs BMCs
 }
 
 // Server is the HTTP API.
@@ -95,6 +98,10 @@ func routes() []route {
 		{"PATCH", "/api/v1/machines/{id}", write, (*Server).renameMachine},
 		{"POST", "/api/v1/machines/{id}/assign", write, (*Server).assignMachine},
 		{"POST", "/api/v1/machines/{id}/retire", write, (*Server).retireMachine},
+		{"POST", "/api/v1/machines/{id}/reprovision", write, (*Server).reprovision},
+		{"GET", "/api/v1/machines/{id}/power", read, (*Server).powerStatus},
+		{"POST", "/api/v1/machines/{id}/power", write, (*Server).power},
+		{"POST", "/api/v1/enroll", write, (*Server).enroll},
 		{"GET", "/api/v1/machines/{id}/events", read, (*Server).machineEvents},
 		{"GET", "/api/v1/events", read, (*Server).eventFeed},
 		{"GET", "/api/v1/images", read, (*Server).listImages},

@@ -139,15 +139,17 @@ func newClientCmd(name, help string, args []string, stderr io.Writer, getenv fun
 	return c, pos, nil
 }
 
-var machineSubcommands = []string{"list", "show", "register", "rename", "assign", "retire"}
+var machineSubcommands = []string{"list", "show", "register", "rename", "assign", "reprovision", "retire"}
 
-const machinesHelp = `Usage: mdc machines list|show|register|rename|assign|retire …
+const machinesHelp = `Usage: mdc machines list|show|register|rename|assign|reprovision|retire …
 
   list [--state S] [--role R]   the machines, by id
   show ID                       one machine (ID: its MAC in any spelling)
   register MAC [--name NAME]    record a machine before it boots
   rename ID NAME                change its name
   assign ID ROLE                give it a role; its next boot gets the role's image
+  reprovision ID                back to provisioning in its role; with a BMC, mdc
+                                sets PXE and power-cycles it
   retire ID [--reason TEXT]     decommission it
 
 `
@@ -155,7 +157,7 @@ const machinesHelp = `Usage: mdc machines list|show|register|rename|assign|retir
 func machinesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, machinesHelp)
-		return usagef("machines: which subcommand? (list, show, register, rename, assign, retire)")
+		return usagef("machines: which subcommand? (list, show, register, rename, assign, reprovision, retire)")
 	}
 	args = commandFirst(args, machineSubcommands)
 	sub := args[0]
@@ -174,10 +176,10 @@ func machinesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	if err != nil {
 		return err
 	}
-	want := map[string]int{"list": 0, "show": 1, "register": 1, "rename": 2, "assign": 2, "retire": 1}
+	want := map[string]int{"list": 0, "show": 1, "register": 1, "rename": 2, "assign": 2, "reprovision": 1, "retire": 1}
 	n, ok := want[sub]
 	if !ok {
-		return usagef("machines: unknown subcommand %q (list, show, register, rename, assign, retire)", sub)
+		return usagef("machines: unknown subcommand %q (list, show, register, rename, assign, reprovision, retire)", sub)
 	}
 	if len(pos) != n {
 		return usagef("machines %s takes %d argument(s), got %d", sub, n, len(pos))
@@ -229,6 +231,8 @@ func machinesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		err = c.call(ctx, "PATCH", "/api/v1/machines/"+string(id), api.RenameRequest{Name: pos[1]}, &res)
 	case "assign":
 		err = c.call(ctx, "POST", "/api/v1/machines/"+string(id)+"/assign", api.AssignRequest{Role: pos[1]}, &res)
+	case "reprovision":
+		err = c.call(ctx, "POST", "/api/v1/machines/"+string(id)+"/reprovision", nil, &res)
 	case "retire":
 		err = c.call(ctx, "POST", "/api/v1/machines/"+string(id)+"/retire", api.RetireRequest{Reason: reason}, &res)
 	}

@@ -55,11 +55,14 @@ Usage:
   mdc machines register MAC [--name NAME]
   mdc machines rename ID NAME
   mdc machines assign ID ROLE
+  mdc machines reprovision ID
   mdc machines retire ID [--reason TEXT]
   mdc events   [--follow] [--machine ID] [--since SEQ]
   mdc images   import DIR [--name N] [--role R] [--require-signed]
   mdc images   import --kernel F --initrd F [--initrd F…] --cmdline S --name N --role R
   mdc images   list [--role R] | show NAME | delete NAME [--reason TEXT]
+  mdc enroll   --bmc URL --bmc-user U --bmc-password-file F [--mac M] [--name N] [--role R] [--wait]
+  mdc power    on|off|cycle|soft|status ID
   mdc version
 
 Client flags (every command but serve):
@@ -91,6 +94,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return eventsCmd(ctx, rest, stdout, stderr, getenv)
 	case "images":
 		return imagesCmd(ctx, rest, stdout, stderr, getenv)
+	case "enroll":
+		return enrollCmd(ctx, rest, stdout, stderr, getenv)
+	case "power":
+		return powerCmd(ctx, rest, stdout, stderr, getenv)
 	case "version":
 		return versionCmd(ctx, rest, stdout, stderr, getenv)
 	case "help", "-h", "--help":
@@ -100,7 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	return usagef("unknown command %q (run mdc help)", cmd)
 }
 
-var commands = []string{"serve", "machines", "events", "images", "version", "help"}
+var commands = []string{"serve", "machines", "events", "images", "enroll", "power", "version", "help"}
 
 // commandFirst lets flags stand before the command (mdc --server URL
 // machines list) by moving the first command word to the front.

@@ -54,6 +54,7 @@ type serveConfig struct {
 	images          imageFlags
 	netboot         *netbootConfig
 	agent           *agentConfig
+	bmc             *bmcFlags
 }
 
 func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveConfig, error) {
@@ -74,6 +75,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	c.images.register(fs)
 	nb := addNetbootFlags(fs)
 	ag := addAgentFlags(fs)
+	bf := addBMCFlags(fs)
 
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -134,6 +136,9 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		return nil, err
 	}
 	if c.agent, err = ag.config(); err != nil {
+		return nil, err
+	}
+	if c.bmc, err = bf.config(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -202,10 +207,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	}
 	defer nb.close()
 	agentSide := newAgentSide(c.agent, store, log)
+	bmcSide := newBMCSide(c.bmc, store, c.dataDir, reg, log)
+	agentCfg := agentSide.api()
+	agentCfg.BMCPowerCycles = true
 	apiServer := api.New(api.Config{
 		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
 		Images: imgs, Blobs: imgs.blobHandler(blob.OnServed(nb.rec.BlobServed)),
-		Agent: agentSide.api(),
+		Agent: agentCfg, BMCs: bmcSide,
 	})
 	nb.mount(apiServer.Mount)
 	httpServer := &http.Server{
@@ -224,6 +232,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	})
 	g.Go(func() error { return imgs.Catalog.Run(gctx) })
 	g.Go(func() error { return agentSide.run(gctx) })
+	g.Go(func() error { return bmcSide.run(gctx) })
 	g.Go(func() error {
 		if err := httpServer.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
