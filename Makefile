@@ -33,8 +33,9 @@ unit: ## go test ./... (integration tests with real components included)
 race: ## the concurrency-sensitive packages under the race detector
 	$(GO) test -count=1 -race -timeout 20m ./machine/... ./events/... ./api/... ./images/... ./dhcp/... ./policy/... ./cmd/mdc-agent/...
 
-ceph: ## the RADOS blob backend against a real throwaway single-host Ceph
+ceph: ## the RADOS blob backend and the ceph-osd role against real throwaway single-host Ceph clusters
 	@hack/test-ceph.sh
+	@hack/test-roles-ceph.sh
 
 fuzz: ## every fuzz target for FUZZTIME
 	@hack/fuzz.sh $(FUZZTIME)
@@ -42,7 +43,7 @@ fuzz: ## every fuzz target for FUZZTIME
 lint: ## gofmt, go vet, shellcheck of hack/, the nix/ flake's offline checks
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags ceph,pacific ./images/blob/...
+	$(GO) vet -tags ceph,pacific ./images/blob/... ./roles/ceph/...
 	shellcheck -S warning -x hack/*.sh .ci/run
 	@hack/check-nix.sh
 
