@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -37,6 +38,13 @@ type AgentConfig struct {
 	Heartbeat time.Duration
 	// Timeout bounds the event log work of one request (15 s).
 	Timeout time.Duration
+	// Roles completes each role's configuration and confirms joins with
+	// the role's cluster (package roles); nil: the policy's role specs
+	// stand alone and a reported join is taken at its word.
+	Roles Roles
+	// VerifyInterval is how often a join the cluster does not confirm yet
+	// is checked again (2 s).
+	VerifyInterval time.Duration
 	// BMCPowerCycles: mdc power-cycles machines with a BMC into their role
 	// (cmd/mdc/power.go), so their agents wait instead of rebooting.
 	BMCPowerCycles bool
@@ -52,6 +60,17 @@ type Policy interface {
 	Held() agentapi.Action
 	// RoleConfig is what the agent of m, booted into role, fetches.
 	RoleConfig(m machine.Machine, role string) (agentapi.RoleConfig, error)
+}
+
+// Roles is what the agent API needs of the roles mdc runs.
+type Roles interface {
+	// Configure completes c for machine m of role; report is what the node
+	// sent with the request (its public keys, peer id). A role mdc does not
+	// run leaves c as it is.
+	Configure(ctx context.Context, m machine.Machine, role string, report map[string]string, c *agentapi.RoleConfig) error
+	// Verify says whether the role's cluster confirms the node; false with
+	// a nil error: not yet. An error is why the join failed.
+	Verify(ctx context.Context, m machine.Machine, role string, evidence map[string]string) (bool, error)
 }
 
 // Telemetry appends boot telemetry.
@@ -78,8 +97,9 @@ const (
 // agentState caches each machine's current boot, keyed by the machine's
 // newest lifecycle sequence, so heartbeats do not read the history.
 type agentState struct {
-	mu    sync.Mutex
-	boots map[machine.ID]bootInfo
+	mu        sync.Mutex
+	boots     map[machine.ID]bootInfo
+	verifying map[string]bool // boot starts (event ids) whose join is being confirmed
 }
 
 // bootInfo is what a machine's history says about its boots.
@@ -451,14 +471,53 @@ func (s *Server) agentBooted(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, agentapi.Recorded{Event: stored(ev), State: m.State})
 }
 
-func (s *Server) roleConfig(b agentBoot) (agentapi.RoleConfig, error) {
+func (s *Server) roleConfig(ctx context.Context, b agentBoot, report map[string]string) (agentapi.RoleConfig, error) {
 	m := b.m
 	m.Image = b.image
+	var c agentapi.RoleConfig
 	if p := s.agentCfg().Policy; p != nil {
-		return p.RoleConfig(m, b.role)
+		var err error
+		if c, err = p.RoleConfig(m, b.role); err != nil {
+			return c, err
+		}
+	} else {
+		c = agentapi.RoleConfig{Machine: m.ID, Name: m.Name, Role: b.role, Image: b.image,
+			Join: agentapi.Join{Hook: "/etc/mdc/join", TimeoutSeconds: 600}, Config: []byte("{}"), HeartbeatSeconds: 30}
 	}
-	return agentapi.RoleConfig{Machine: m.ID, Name: m.Name, Role: b.role, Image: b.image,
-		Join: agentapi.Join{Hook: "/etc/mdc/join", TimeoutSeconds: 600}, Config: []byte("{}"), HeartbeatSeconds: 30}, nil
+	if rs := s.agentCfg().Roles; rs != nil {
+		if err := rs.Configure(ctx, m, b.role, report, &c); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// Bounds of what a node reports with GET config (query parameters).
+const (
+	maxReport      = 16
+	maxReportValue = 2048
+)
+
+var reportKeyRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+
+// readReport takes the query parameters of GET config: what the node
+// tells its role about itself (public keys, peer ids), never secrets.
+func readReport(r *http.Request) (map[string]string, *Error) {
+	q := r.URL.Query()
+	if len(q) > maxReport {
+		return nil, errorf(http.StatusBadRequest, CodeInvalidValue, "%d report parameters, at most %d", len(q), maxReport)
+	}
+	report := make(map[string]string, len(q))
+	for k, vs := range q {
+		if !reportKeyRE.MatchString(k) {
+			return nil, errorf(http.StatusBadRequest, CodeInvalidValue, "report key %q: want lowercase letters, digits and _, up to 32", clipText(k))
+		}
+		if len(vs) != 1 || len(vs[0]) > maxReportValue {
+			return nil, errorf(http.StatusBadRequest, CodeInvalidValue, "report %s: want one value of at most %d bytes", k, maxReportValue)
+		}
+		report[k] = vs[0]
+	}
+	return report, nil
 }
 
 func (s *Server) agentConfig(w http.ResponseWriter, r *http.Request) {
@@ -466,7 +525,14 @@ func (s *Server) agentConfig(w http.ResponseWriter, r *http.Request) {
 	if !ok || !s.wantMode(w, b, agentapi.ModeRole, "the role configuration") {
 		return
 	}
-	c, err := s.roleConfig(b)
+	report, e := readReport(r)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.agentCfg().Timeout)
+	defer cancel()
+	c, err := s.roleConfig(ctx, b, report)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -501,7 +567,7 @@ func (s *Server) agentJoined(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	c, err := s.roleConfig(b)
+	c, err := s.roleConfig(r.Context(), b, nil)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -518,6 +584,26 @@ func (s *Server) agentJoined(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.agentCfg().Timeout)
 	defer cancel()
+	if rs := s.agentCfg().Roles; rs != nil {
+		ok, err := rs.Verify(ctx, b.m, b.role, d.Evidence)
+		switch {
+		case err != nil:
+			m, ev, ferr := s.joinFailed(ctx, b, err)
+			if ferr != nil {
+				s.fail(w, r, ferr)
+				return
+			}
+			writeJSON(w, http.StatusOK, agentapi.Recorded{Event: stored(ev), State: m.State})
+			return
+		case !ok:
+			// The node says it joined; the cluster does not show it yet.
+			// Keep asking the cluster; the agent carries on heartbeating.
+			s.verifyLater(b, d)
+			m, _ := s.cfg.Machines.Get(b.m.ID)
+			writeJSON(w, http.StatusOK, agentapi.Recorded{State: m.State})
+			return
+		}
+	}
 	m, ev, err := s.recordOnce(ctx, b, machine.Joined, agentSource, func(machine.Machine) (any, error) { return d, nil })
 	if err != nil {
 		s.fail(w, r, err)
@@ -548,7 +634,7 @@ func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request) {
 	cfg := s.agentCfg()
 	ans := agentapi.Answer{Action: agentapi.ActionNone, Role: b.m.Role, HeartbeatSeconds: seconds(cfg.Heartbeat)}
 	if b.mode == agentapi.ModeRole {
-		if c, err := s.roleConfig(b); err == nil {
+		if c, err := s.roleConfig(r.Context(), b, nil); err == nil {
 			ans.HeartbeatSeconds = c.HeartbeatSeconds
 		}
 		if b.m.Role != b.role {
@@ -629,4 +715,78 @@ func decodeData(e machine.Event, v any) error {
 		return nil
 	}
 	return json.Unmarshal(e.Data, v)
+}
+
+// joinFailed records that the role's cluster refused b's node.
+func (s *Server) joinFailed(ctx context.Context, b agentBoot, why error) (machine.Machine, machine.Event, error) {
+	reason := fmt.Sprintf("role %s: the cluster did not take the node: %v", b.role, why)
+	s.log.Warn("join refused by the cluster", "machine", b.m.ID, "role", b.role, "err", why)
+	return s.recordOnce(ctx, b, machine.Failed, agentSource, func(cur machine.Machine) (any, error) {
+		if cur.State != machine.Running {
+			return nil, errSkip
+		}
+		return machine.FailedData{Reason: reason}, nil
+	})
+}
+
+// verifyLater asks the role's cluster again every VerifyInterval until it
+// confirms b's node (joined), refuses it (failed), or the machine moves on
+// (another boot, a timeout, an operator). One checker per boot.
+func (s *Server) verifyLater(b agentBoot, d machine.JoinedData) {
+	key := b.start.ID
+	s.agent.mu.Lock()
+	if s.agent.verifying == nil {
+		s.agent.verifying = map[string]bool{}
+	}
+	if s.agent.verifying[key] {
+		s.agent.mu.Unlock()
+		return
+	}
+	s.agent.verifying[key] = true
+	s.agent.mu.Unlock()
+	every := s.agentCfg().VerifyInterval
+	if every == 0 {
+		every = 2 * time.Second
+	}
+	go func() {
+		defer func() {
+			s.agent.mu.Lock()
+			delete(s.agent.verifying, key)
+			s.agent.mu.Unlock()
+		}()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.feeds.Done():
+				return
+			case <-t.C:
+			}
+			m, ok := s.cfg.Machines.Get(b.m.ID)
+			if !ok || m.State != machine.Running || m.BootToken != b.token.TokenSHA256 {
+				return // moved on: another boot, failed by a timeout, retired
+			}
+			ctx, cancel := context.WithTimeout(s.feeds, s.agentCfg().Timeout)
+			confirmed, verr := s.cfg.Agent.Roles.Verify(ctx, m, b.role, d.Evidence)
+			var err error
+			switch {
+			case verr != nil:
+				_, _, err = s.joinFailed(ctx, b, verr)
+			case confirmed:
+				_, _, err = s.recordOnce(ctx, b, machine.Joined, agentSource, func(machine.Machine) (any, error) { return d, nil })
+				if err == nil {
+					s.log.Info("node joined: the cluster confirms it", "machine", m.ID, "role", b.role)
+				}
+			}
+			cancel()
+			switch {
+			case errors.Is(err, errSkip):
+				return
+			case err != nil:
+				s.log.Warn("recording the join check failed; trying again", "machine", m.ID, "err", err)
+			case verr != nil || confirmed:
+				return
+			}
+		}
+	}()
 }

@@ -31,7 +31,7 @@ type agentFixture struct {
 
 // newAgentInstance runs a store, a policy engine and the API on nc, as one
 // mdc instance would; several may share one NATS.
-func newAgentInstance(t testing.TB, ctx context.Context, nc *nats.Conn, policyYAML string) *agentFixture {
+func newAgentInstance(t testing.TB, ctx context.Context, nc *nats.Conn, policyYAML string, opts ...func(*AgentConfig)) *agentFixture {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
 	reg := prometheus.NewRegistry()
@@ -55,8 +55,12 @@ func newAgentInstance(t testing.TB, ctx context.Context, nc *nats.Conn, policyYA
 	if err := store.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
+	acfg := AgentConfig{Policy: engine, Telemetry: l, Heartbeat: 5 * time.Second}
+	for _, o := range opts {
+		o(&acfg)
+	}
 	s := New(Config{Machines: store, Token: token, Reads: ReadLoopback, Registry: reg, Gatherer: reg, Version: "test",
-		Agent: AgentConfig{Policy: engine, Telemetry: l, Heartbeat: 5 * time.Second}})
+		Agent: acfg})
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		srv.Close()
@@ -66,7 +70,7 @@ func newAgentInstance(t testing.TB, ctx context.Context, nc *nats.Conn, policyYA
 	return &agentFixture{srv: srv, store: store, engine: engine}
 }
 
-func newAgentFixture(t testing.TB, policyYAML string) *agentFixture {
+func newAgentFixture(t testing.TB, policyYAML string, opts ...func(*AgentConfig)) *agentFixture {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	conn, err := events.Connect(ctx, events.NATSConfig{DataDir: t.TempDir()})
@@ -74,7 +78,7 @@ func newAgentFixture(t testing.TB, policyYAML string) *agentFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); conn.Close() })
-	return newAgentInstance(t, ctx, conn.NC, policyYAML)
+	return newAgentInstance(t, ctx, conn.NC, policyYAML, opts...)
 }
 
 // boot records a network boot of id as the boot script does: discovered if

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"path"
@@ -168,7 +169,7 @@ func (a *agent) role(ctx context.Context) error {
 	var rc agentapi.RoleConfig
 	var evidence map[string]string
 	for attempt := 0; ; attempt++ {
-		if err := a.c.do(ctx, "GET", agentapi.PathConfig, nil, &rc); err != nil {
+		if err := a.c.do(ctx, "GET", agentapi.PathConfig+a.report(), nil, &rc); err != nil {
 			return fmt.Errorf("fetch the role configuration: %w", err)
 		}
 		var err error
@@ -405,4 +406,24 @@ func (l *lineLogger) flush() {
 		l.log.Info(l.prefix + ": " + string(l.buf))
 		l.buf = nil
 	}
+}
+
+// report is what the node tells its role about itself with GET config:
+// the keys of <run dir>/report.json (public keys, peer ids), which the role
+// image writes before the agent starts. Only public values belong there.
+func (a *agent) report() string {
+	b, err := os.ReadFile(a.cfg.hostPath(path.Join(a.cfg.RunDir, "report.json")))
+	if err != nil {
+		return ""
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		a.log.Warn("report.json is not a JSON object of strings; sending no report", "err", err)
+		return ""
+	}
+	q := url.Values{}
+	for k, v := range m {
+		q.Set(k, v)
+	}
+	return "?" + q.Encode()
 }

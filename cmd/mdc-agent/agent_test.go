@@ -42,6 +42,7 @@ type reply struct {
 
 type request struct {
 	key, auth, machine string
+	query              string
 	body               []byte
 }
 
@@ -58,7 +59,7 @@ func (f *fakeMDC) serve(w http.ResponseWriter, r *http.Request) {
 	key := r.Method + " " + r.URL.Path
 	body, _ := io.ReadAll(r.Body)
 	f.mu.Lock()
-	f.got = append(f.got, request{key: key, auth: r.Header.Get("Authorization"), machine: r.Header.Get(agentapi.HeaderMachine), body: body})
+	f.got = append(f.got, request{key: key, auth: r.Header.Get("Authorization"), machine: r.Header.Get(agentapi.HeaderMachine), query: r.URL.RawQuery, body: body})
 	rs := f.replies[key]
 	var rp reply
 	switch len(rs) {
@@ -341,8 +342,12 @@ func TestRoleBootJoins(t *testing.T) {
 	if err := os.Chmod(filepath.Join(n.root, "etc/mdc/join"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	mustWrite(t, filepath.Join(n.root, "run/mdc/report.json"), `{"nkey":"UABC123","peer_id":"12D3KooWtest"}`)
 	if err := n.run(context.Background()); err != nil {
 		t.Fatalf("run: %v\n%s", err, n.log.String())
+	}
+	if q := mdc.requests("GET " + agentapi.PathConfig)[0].query; q != "nkey=UABC123&peer_id=12D3KooWtest" {
+		t.Errorf("GET config query %q, want the node's report.json", q)
 	}
 	want := []string{"POST " + agentapi.PathBooted, "GET " + agentapi.PathConfig, "POST " + agentapi.PathHeartbeat,
 		"GET " + agentapi.PathConfig, "POST " + agentapi.PathJoined, "POST " + agentapi.PathHeartbeat, "POST " + agentapi.PathHeartbeat}
