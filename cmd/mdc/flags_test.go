@@ -83,6 +83,9 @@ func TestServeUsageErrors(t *testing.T) {
 		{"missing config", []string{"serve", "--config", filepath.Join(dir, "nope.yaml")}, nil, "nope.yaml"},
 		{"bad read access", []string{"serve", "--read-access", "everyone"}, nil, "read-access"},
 		{"unknown command", []string{"serv"}, nil, `unknown command "serv"`},
+		{"ceph conf without keyring", []string{"serve", "--ceph-conf", "/etc/ceph/ceph.conf"}, nil, "--ceph-conf and --ceph-keyring go together"},
+		{"bmc timeout too short", []string{"serve", "--bmc-timeout", "10ms"}, nil, "--bmc-timeout"},
+		{"bmc boot mode", []string{"serve", "--bmc-boot-mode", "efi"}, nil, "--bmc-boot-mode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(tc.args, "--data-dir", data)

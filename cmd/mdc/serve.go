@@ -55,6 +55,7 @@ type serveConfig struct {
 	netboot         *netbootConfig
 	agent           *agentConfig
 	bmc             *bmcFlags
+	roles           *roleFlags
 }
 
 func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveConfig, error) {
@@ -76,6 +77,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	nb := addNetbootFlags(fs)
 	ag := addAgentFlags(fs)
 	bf := addBMCFlags(fs)
+	rf := addRoleFlags(fs)
 
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -139,6 +141,9 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		return nil, err
 	}
 	if c.bmc, err = bf.config(); err != nil {
+		return nil, err
+	}
+	if c.roles, err = rf.config(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -210,6 +215,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	bmcSide := newBMCSide(c.bmc, store, c.dataDir, reg, log)
 	agentCfg := agentSide.api()
 	agentCfg.BMCPowerCycles = true
+	roleSide, err := newRoleSide(ctx, c.roles, c.dataDir, store, log)
+	if err != nil {
+		return err
+	}
+	agentCfg.Roles = roleSide
 	apiServer := api.New(api.Config{
 		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
 		Images: imgs, Blobs: imgs.blobHandler(blob.OnServed(nb.rec.BlobServed)),
@@ -233,6 +243,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	g.Go(func() error { return imgs.Catalog.Run(gctx) })
 	g.Go(func() error { return agentSide.run(gctx) })
 	g.Go(func() error { return bmcSide.run(gctx) })
+	g.Go(func() error { return roleSide.run(gctx) })
 	g.Go(func() error {
 		if err := httpServer.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
