@@ -52,6 +52,9 @@ type Config struct {
 	Blobs http.Handler
 	// Agent configures the agent API (agent.go).
 	Agent AgentConfig
+	// Inventory is the external inventory sync (NetBox); nil: the event
+	// log is the whole inventory.
+	Inventory Inventory
 	// BMCs enrols and powers machines with a BMC (power.go); nil: those
 	// routes answer 503.
 	BMCs BMCs
@@ -115,6 +118,8 @@ func routes() []route {
 		{"GET", "/api/v1/agent/config", agent, (*Server).agentConfig},
 		{"POST", "/api/v1/agent/joined", agent, (*Server).agentJoined},
 		{"POST", "/api/v1/agent/heartbeat", agent, (*Server).agentHeartbeat},
+		{"GET", "/api/v1/inventory/status", read, (*Server).inventoryStatus},
+		{"POST", "/api/v1/inventory/resync", write, (*Server).inventoryResync},
 	}
 }
 

@@ -63,6 +63,7 @@ Usage:
   mdc images   list [--role R] | show NAME | delete NAME [--reason TEXT]
   mdc enroll   --bmc URL --bmc-user U --bmc-password-file F [--mac M] [--name N] [--role R] [--wait]
   mdc power    on|off|cycle|soft|status ID
+  mdc inventory status | resync          NetBox's lag behind the event log; replay it into NetBox
   mdc version
 
 Client flags (every command but serve):
@@ -98,6 +99,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return enrollCmd(ctx, rest, stdout, stderr, getenv)
 	case "power":
 		return powerCmd(ctx, rest, stdout, stderr, getenv)
+	case "inventory":
+		return inventoryCmd(ctx, rest, stdout, stderr, getenv)
 	case "version":
 		return versionCmd(ctx, rest, stdout, stderr, getenv)
 	case "help", "-h", "--help":
@@ -107,7 +110,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	return usagef("unknown command %q (run mdc help)", cmd)
 }
 
-var commands = []string{"serve", "machines", "events", "images", "enroll", "power", "version", "help"}
+var commands = []string{"serve", "machines", "events", "images", "enroll", "power", "inventory", "version", "help"}
 
 // commandFirst lets flags stand before the command (mdc --server URL
 // machines list) by moving the first command word to the front.

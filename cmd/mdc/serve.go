@@ -54,6 +54,7 @@ type serveConfig struct {
 	images          imageFlags
 	netboot         *netbootConfig
 	agent           *agentConfig
+	inventory       *inventoryConfig
 	bmc             *bmcFlags
 	roles           *roleFlags
 }
@@ -76,6 +77,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	c.images.register(fs)
 	nb := addNetbootFlags(fs)
 	ag := addAgentFlags(fs)
+	inv := addInventoryFlags(fs)
 	bf := addBMCFlags(fs)
 	rf := addRoleFlags(fs)
 
@@ -138,6 +140,9 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		return nil, err
 	}
 	if c.agent, err = ag.config(); err != nil {
+		return nil, err
+	}
+	if c.inventory, err = inv.config(); err != nil {
 		return nil, err
 	}
 	if c.bmc, err = bf.config(); err != nil {
@@ -212,6 +217,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	}
 	defer nb.close()
 	agentSide := newAgentSide(c.agent, store, log)
+	invSide, err := newInventorySide(ctx, c.inventory, c.netboot, conn.NC, store, reg, log)
+	if err != nil {
+		return err
+	}
 	bmcSide := newBMCSide(c.bmc, store, c.dataDir, reg, log)
 	agentCfg := agentSide.api()
 	agentCfg.BMCPowerCycles = true
@@ -222,7 +231,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	agentCfg.Roles = roleSide
 	apiServer := api.New(api.Config{
 		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
-		Images: imgs, Blobs: imgs.blobHandler(blob.OnServed(nb.rec.BlobServed)),
+		Images: imgs, Blobs: imgs.blobHandler(blob.OnServed(nb.rec.BlobServed)), Inventory: invSide.api(),
 		Agent: agentCfg, BMCs: bmcSide,
 	})
 	nb.mount(apiServer.Mount)
@@ -242,6 +251,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	})
 	g.Go(func() error { return imgs.Catalog.Run(gctx) })
 	g.Go(func() error { return agentSide.run(gctx) })
+	g.Go(func() error { return invSide.run(gctx, store) })
 	g.Go(func() error { return bmcSide.run(gctx) })
 	g.Go(func() error { return roleSide.run(gctx) })
 	g.Go(func() error {
