@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 // The netboot chain with real firmware: QEMU with OVMF (UEFI PXE → snponly.efi
 // over TFTP → iPXE → /boot.ipxe) and with SeaBIOS + the NIC's iPXE ROM (iPXE
@@ -8,238 +10,41 @@ package main
 // compared. Everything runs in a network namespace the test makes, with its
 // own bridge and tap; no host interface is touched.
 //
-// Needs root, qemu-system-x86, ovmf, ipxe (hack/deps/netboot.txt); skips
+// Needs root, qemu-system-x86, ovmf, ipxe (hack/deps/vrack.txt); skips
 // without them, and in -short mode. About a minute and a half under TCG.
 
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/microdc/mdc/api"
+	"github.com/microdc/mdc/hack/vrack"
 	"github.com/microdc/mdc/images/blob"
 	"github.com/microdc/mdc/machine"
 )
 
-const (
-	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-	ipxeDir  = "/usr/lib/ipxe"
-	nbSubnet = "10.79.0"
-	nbServer = nbSubnet + ".1"
-	nbPort   = 8080
-)
-
-func needNetbootLab(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("QEMU boots take a minute; skipped in -short mode")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces, bridges and taps")
-	}
-	for _, bin := range []string{"ip", "qemu-system-x86_64"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s (hack/install-deps.sh netboot installs qemu-system-x86, ovmf, ipxe)", bin)
-		}
-	}
-	for _, f := range []string{ovmfCode, ovmfVars, ipxeDir + "/snponly.efi", ipxeDir + "/undionly.kpxe"} {
-		if _, err := os.Stat(f); err != nil {
-			t.Skipf("needs %s (hack/install-deps.sh netboot installs ovmf and ipxe)", f)
-		}
-	}
-}
-
-// netnsLab is one network namespace with a bridge (the rack network, mdc's
-// address on it) and a tap for the VMs; removed at cleanup.
-type netnsLab struct {
-	t    *testing.T
-	ns   string
-	dir  string
-	tapI int // the tap's ifindex
-}
-
-func newNetnsLab(t *testing.T) *netnsLab {
-	l := &netnsLab{t: t, ns: fmt.Sprintf("mdcnb%d", os.Getpid()%100000), dir: t.TempDir()}
-	l.ip("netns", "add", l.ns)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", l.ns).Run() })
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "add", "br0", "type", "bridge"},
-		{"tuntap", "add", "tap0", "mode", "tap"},
-		{"link", "set", "tap0", "master", "br0"},
-		{"addr", "add", nbServer + "/24", "dev", "br0"},
-		{"link", "set", "br0", "up"},
-		{"link", "set", "tap0", "up"},
-	} {
-		l.ip(append([]string{"-n", l.ns}, args...)...)
-	}
-	l.inNS(func() error {
-		ifi, err := net.InterfaceByName("tap0")
-		if err == nil {
-			l.tapI = ifi.Index
-		}
-		return err
-	})
-	return l
-}
-
-func (l *netnsLab) ip(args ...string) {
-	l.t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		l.t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-// inNS runs fn on an OS thread inside the namespace: sockets it opens stay
-// there. The thread is thrown away afterwards.
-func (l *netnsLab) inNS(fn func() error) {
-	l.t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		f, err := os.Open("/run/netns/" + l.ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	if err := <-errc; err != nil {
-		l.t.Fatal(err)
-	}
-}
-
-// proc is a process started in the namespace, stopped by PID at cleanup.
-type proc struct {
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
-
-func (l *netnsLab) start(name string, stdout io.Writer, args ...string) *proc {
-	l.t.Helper()
-	return l.startIn(l.ns, name, stdout, args...)
-}
-
-func (l *netnsLab) startIn(ns, name string, stdout io.Writer, args ...string) *proc {
-	l.t.Helper()
-	p := &proc{log: filepath.Join(l.dir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.log)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	p.cmd.Stderr = f
-	p.cmd.Stdout = f
-	if stdout != nil {
-		p.cmd.Stdout = io.MultiWriter(f, stdout)
-	}
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// Pdeathsig fires when the starting thread exits, and inNS and
-	// httpClient end the threads they lock: start from a thread of our own
-	// that lives as long as the process.
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := p.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = p.cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
-		l.t.Fatalf("start %s: %v", name, err)
-	}
-	l.t.Cleanup(func() {
-		p.stop()
-		if l.t.Failed() {
-			b, _ := os.ReadFile(p.log)
-			if len(b) > 20000 {
-				b = b[len(b)-20000:]
-			}
-			l.t.Logf("--- %s:\n%s", name, b)
-		}
-	})
-	return p
-}
-
-// stop ends the process with SIGTERM, then SIGKILL.
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// httpClient reaches servers inside the namespace.
-func (l *netnsLab) httpClient() *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			errc := make(chan error, 1)
-			go func() {
-				runtime.LockOSThread()
-				f, err := os.Open("/run/netns/" + l.ns)
-				if err == nil {
-					err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-					f.Close()
-				}
-				if err == nil {
-					c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				}
-				errc <- err
-			}()
-			return c, <-errc
-		},
-	}}
-}
-
 // testImage returns the kernel and initrd to boot: the Debian kernel (a
-// bzImage with an EFI stub, so one image serves both firmwares) from
-// hack/test-kernel.sh, and a 1 MiB initrd made here.
+// bzImage with an EFI stub, so one image serves both firmwares), fetched
+// once into the cache, and a 1 MiB initrd made here.
 func testImage(t *testing.T) (kernel, initrd string) {
 	t.Helper()
-	out, err := exec.Command("../../hack/test-kernel.sh").Output()
+	kernel, err := vrack.TestKernel(vrack.DefaultCacheDir())
 	if err != nil {
-		t.Fatalf("no test kernel: hack/test-kernel.sh: %v (it runs apt-get download linux-image-…-amd64 once)", err)
+		t.Fatalf("no test kernel: %v (it runs apt-get download linux-image-…-amd64 once)", err)
 	}
-	kernel = strings.TrimSpace(string(out))
 	initrd = filepath.Join(t.TempDir(), "initrd")
 	b := make([]byte, 1<<20)
 	for i := range b {
@@ -249,16 +54,6 @@ func testImage(t *testing.T) (kernel, initrd string) {
 		t.Fatal(err)
 	}
 	return kernel, initrd
-}
-
-// accel is KVM where it works (a CPU with VT-x or AMD-V), TCG elsewhere:
-// NOTES.md found OVMF dies under this host's paravirtual KVM.
-func accel() string {
-	cpu, _ := os.ReadFile("/proc/cpuinfo")
-	if _, err := os.Stat("/dev/kvm"); err == nil && (bytes.Contains(cpu, []byte(" vmx")) || bytes.Contains(cpu, []byte(" svm"))) {
-		return "kvm"
-	}
-	return "tcg"
 }
 
 // timeline is when a boot passed each step, seen on the VM's tap.
@@ -298,7 +93,8 @@ type sniffer struct {
 	respSeen         bool
 }
 
-func (l *netnsLab) sniff(kernelPath, initrdPath string) *sniffer {
+func (l *testLab) sniff(tap, kernelPath, initrdPath string) *sniffer {
+	tapI := l.tapIndex(tap)
 	s := &sniffer{kernelPath: kernelPath, initrdPath: initrdPath, stopped: make(chan struct{}), readerGone: make(chan struct{})}
 	l.inNS(func() error {
 		proto := int(htons(unix.ETH_P_ALL))
@@ -306,7 +102,7 @@ func (l *netnsLab) sniff(kernelPath, initrdPath string) *sniffer {
 		if err != nil {
 			return err
 		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.tapI}); err != nil {
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: tapI}); err != nil {
 			unix.Close(fd)
 			return err
 		}
@@ -439,41 +235,18 @@ var (
 	uefi = firmware{"UEFI (OVMF PXE → snponly.efi)", true, "EFI stub: Loaded initrd from command line option"}
 )
 
-// firmwareArgs are QEMU's arguments for fw and the NIC (netdev n0) with
-// MAC mac: under UEFI, OVMF with a fresh copy of its variables per VM.
-func (l *netnsLab) firmwareArgs(fw firmware, mac string) []string {
-	l.t.Helper()
-	if !fw.uefi {
-		return []string{"-device", "virtio-net-pci,netdev=n0,mac=" + mac}
-	}
-	vars := filepath.Join(l.dir, "vars-"+strings.ReplaceAll(mac, ":", "")+".fd")
-	b, err := os.ReadFile(ovmfVars)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	if err := os.WriteFile(vars, b, 0o600); err != nil {
-		l.t.Fatal(err)
-	}
-	// romfile= (none): OVMF's own PXE stack boots, not an iPXE ROM.
-	return []string{"-machine", "q35",
-		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode, "-drive", "if=pflash,format=raw,file=" + vars,
-		"-device", "virtio-net-pci,netdev=n0,romfile=,mac=" + mac}
-}
-
 // bootVM boots one VM from the network and returns its timeline once the
 // initrd is downloaded, or fails after limit.
-func (l *netnsLab) bootVM(fw firmware, mac, kernelPath, initrdPath string, limit time.Duration) timeline {
+func (l *testLab) bootVM(fw firmware, mac, kernelPath, initrdPath string, limit time.Duration) timeline {
 	t := l.t
 	t.Helper()
-	args := []string{"qemu-system-x86_64", "-accel", accel(), "-m", "512", "-nographic", "-no-reboot", "-boot", "n",
-		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"}
-	args = append(args, l.firmwareArgs(fw, mac)...)
-	sn := l.sniff(kernelPath, initrdPath)
+	m := l.machine(fw, mac, 512, 0, nil)
+	m.Extra = []string{"-no-reboot"}
+	sn := l.sniff(m.Tap, kernelPath, initrdPath)
 	serial := &lockedBuffer{}
-	name := "qemu-" + strings.ReplaceAll(mac, ":", "")
-	vm := l.start(name, serial, args...)
+	vm := l.startMachine(m, serial)
 	defer func() {
-		vm.stop()
+		vm.Stop()
 		sn.stop()
 	}()
 	// Done when the initrd is downloaded; under UEFI also when the EFI stub
@@ -484,7 +257,7 @@ func (l *netnsLab) bootVM(fw firmware, mac, kernelPath, initrdPath string, limit
 			t.Fatalf("%s did not finish in %s; it got %s\nserial:\n%s", fw.name, limit, sn.timeline(), tail(serial.String(), 4000))
 		}
 		select {
-		case <-vm.done:
+		case <-vm.Done:
 			t.Fatalf("%s: QEMU exited; serial:\n%s", fw.name, tail(serial.String(), 4000))
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -505,30 +278,6 @@ func (l *netnsLab) bootVM(fw firmware, mac, kernelPath, initrdPath string, limit
 	return tl
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
 func TestNetbootQEMU(t *testing.T) {
 	needNetbootLab(t)
 	kernel, initrd := testImage(t)
@@ -536,7 +285,7 @@ func TestNetbootQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lab := newNetnsLab(t)
+	lab := newLab(t)
 	kd, id := digestOf(t, kernel), digestOf(t, initrd)
 	wantBytes := fileSize(t, kernel) + fileSize(t, initrd)
 	results := map[string]timeline{}
@@ -544,8 +293,8 @@ func TestNetbootQEMU(t *testing.T) {
 
 	// bootMDC boots each firmware from a running mdc and checks what mdc
 	// recorded about it.
-	bootMDC := func(t *testing.T, l *netnsLab, label string, full bool, data, server string, fws []firmware, macs []string) {
-		c := l.httpClient()
+	bootMDC := func(t *testing.T, l *testLab, label string, full bool, data, server string, fws []firmware, macs []string) {
+		c := l.r.HTTPClient()
 		for i, fw := range fws {
 			limit := 60 * time.Second
 			if fw.uefi {
@@ -563,8 +312,9 @@ func TestNetbootQEMU(t *testing.T) {
 	t.Run("mdc-full", func(t *testing.T) {
 		l := lab.sub(t)
 		data := filepath.Join(l.dir, "mdc-full")
-		server := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200")
-		l.importImage(bin, server, data, kernel, initrd)
+		m := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200")
+		l.importAs(m, kernel, initrd, "console=ttyS0", "commissioning", "commissioning")
+		server := m.URL
 		bootMDC(t, l, "mdc full", true, data, server, []firmware{bios, uefi}, []string{"52:54:00:6d:00:01", "52:54:00:6d:00:02"})
 	})
 
@@ -573,7 +323,7 @@ func TestNetbootQEMU(t *testing.T) {
 	// on the same bridge): the address comes from one, the boot from mdc.
 	t.Run("mdc-proxy", func(t *testing.T) {
 		if _, err := exec.LookPath("dnsmasq"); err != nil {
-			t.Skip("no dnsmasq to be the existing DHCP server (hack/deps/netboot.txt)")
+			t.Skip("no dnsmasq to be the existing DHCP server (hack/deps/vrack.txt)")
 		}
 		l := lab.sub(t)
 		other := l.peerNS("dhcp", nbSubnet+".2/24")
@@ -581,8 +331,9 @@ func TestNetbootQEMU(t *testing.T) {
 			"--pid-file=", "--interface=veth0", "--bind-interfaces", "--log-dhcp", "--log-facility=-",
 			"--dhcp-range="+nbSubnet+".100,"+nbSubnet+".200,255.255.255.0,1h", "--dhcp-leasefile="+filepath.Join(l.dir, "existing.leases"))
 		data := filepath.Join(l.dir, "mdc-proxy")
-		server := l.startMDC(bin, data, "--interface", "br0")
-		l.importImage(bin, server, data, kernel, initrd)
+		m := l.startMDC(bin, data, "--interface", "br0")
+		l.importAs(m, kernel, initrd, "console=ttyS0", "commissioning", "commissioning")
+		server := m.URL
 		bootMDC(t, l, "mdc proxy + dnsmasq DHCP", false, data, server, []firmware{bios, uefi}, []string{"52:54:00:6d:00:05", "52:54:00:6d:00:06"})
 	})
 
@@ -591,7 +342,7 @@ func TestNetbootQEMU(t *testing.T) {
 	t.Run("dnsmasq", func(t *testing.T) {
 		for _, bin := range []string{"dnsmasq", "busybox"} {
 			if _, err := exec.LookPath(bin); err != nil {
-				t.Skipf("no %s for the comparison (hack/deps/netboot.txt)", bin)
+				t.Skipf("no %s for the comparison (hack/deps/vrack.txt)", bin)
 			}
 		}
 		l := lab.sub(t)
@@ -632,7 +383,7 @@ func TestNetbootQEMU(t *testing.T) {
 		}
 	})
 
-	t.Logf("seconds from QEMU start (accel %s); DHCP = the firmware's first DHCP packet:", accel())
+	t.Logf("seconds from QEMU start (accel %s); DHCP = the firmware's first DHCP packet:", vrack.Accel())
 	for _, label := range order {
 		t.Logf("  %-62s %s", label+":", results[label])
 	}
@@ -647,56 +398,6 @@ func TestNetbootQEMU(t *testing.T) {
 			t.Errorf("%s: mdc took %.1f s from DHCP to the end of the downloads, dnsmasq + httpd %.1f s",
 				fw.name, (m.done - m.firmwareDHCP).Seconds(), (d.done - d.firmwareDHCP).Seconds())
 		}
-	}
-}
-
-// sub is the lab for a subtest: processes it starts stop when it ends.
-func (l *netnsLab) sub(t *testing.T) *netnsLab {
-	c := *l
-	c.t = t
-	return &c
-}
-
-// peerNS makes another namespace joined to the bridge by a veth (veth0
-// inside it, with addr), for a server that is not mdc.
-func (l *netnsLab) peerNS(name, addr string) string {
-	ns := l.ns + name
-	l.ip("netns", "add", ns)
-	l.t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", ns).Run() })
-	l.ip("-n", l.ns, "link", "add", "vpeer", "type", "veth", "peer", "name", "veth0", "netns", ns)
-	l.ip("-n", l.ns, "link", "set", "vpeer", "master", "br0")
-	l.ip("-n", l.ns, "link", "set", "vpeer", "up")
-	l.ip("-n", ns, "addr", "add", addr, "dev", "veth0")
-	l.ip("-n", ns, "link", "set", "veth0", "up")
-	l.ip("-n", ns, "link", "set", "lo", "up")
-	return ns
-}
-
-// startMDC runs `mdc serve` in the namespace and waits until it is ready.
-func (l *netnsLab) startMDC(bin, data string, flags ...string) string {
-	t := l.t
-	t.Helper()
-	ready := make(chan struct{})
-	var once sync.Once
-	args := append([]string{bin, "serve", "--data-dir", data, "--http-addr", fmt.Sprintf(":%d", nbPort), "--log-level", "debug"}, flags...)
-	srv := l.start("mdc-serve", lineWatcher("mdc ready on ", func() { once.Do(func() { close(ready) }) }), args...)
-	select {
-	case <-ready:
-	case <-srv.done:
-		t.Fatal("mdc serve exited")
-	case <-time.After(30 * time.Second):
-		t.Fatal("mdc serve not ready after 30 s")
-	}
-	return fmt.Sprintf("http://127.0.0.1:%d", nbPort)
-}
-
-// importImage imports the commissioning image with the CLI.
-func (l *netnsLab) importImage(bin, server, data, kernel, initrd string) {
-	l.t.Helper()
-	imp := exec.Command("ip", "netns", "exec", l.ns, bin, "images", "import", "--server", server, "--data-dir", data,
-		"--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0", "--name", "commissioning", "--role", "commissioning")
-	if out, err := imp.CombinedOutput(); err != nil {
-		l.t.Fatalf("mdc images import: %v\n%s", err, out)
 	}
 }
 
@@ -716,21 +417,6 @@ func digestOf(t *testing.T, path string) blob.Digest {
 		t.Fatal(err)
 	}
 	return blob.Sum(b)
-}
-
-// lineWatcher calls fn when a line starting with prefix goes by.
-func lineWatcher(prefix string, fn func()) io.Writer {
-	pr, pw := io.Pipe()
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), prefix) {
-				fn()
-			}
-		}
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	return pw
 }
 
 // scrape reads mdc's /metrics into "name{labels}" → value.

@@ -1,4 +1,6 @@
-package main
+//go:build e2e
+
+package e2e
 
 // Plug in a machine and it configures itself, with real firmware: a QEMU VM
 // with a MAC mdc has never seen network-boots from `mdc serve --dhcp-mode
@@ -16,62 +18,21 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
-	"debug/elf"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/microdc/mdc/api"
+	"github.com/microdc/mdc/hack/vrack"
 	"github.com/microdc/mdc/machine"
 )
-
-// The modules the busybox initrd loads, in dependency order (docs/agent.md).
-var initrdModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
-	"failover", "net_failover", "virtio_net", "virtio_blk"}
-
-const initScript = `#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in ` + "MODULES" + `; do insmod /lib/modules/$m.ko; done
-ip link set lo up
-ip link set eth0 up
-udhcpc -i eth0 -q -n -t 10 -T 2
-AGENT
-sleep 2
-poweroff -f
-`
-
-const agentRun = `/bin/mdc-agent
-echo "init: mdc-agent exited with status $?"`
-
-// A commissioning image that never checks in: no agent, it just sits there.
-const noAgentRun = `echo "init: this image has no agent"
-sleep 600`
-
-const udhcpcScript = `#!/bin/sh
-case "$1" in bound|renew)
-	ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface"
-	[ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface";;
-esac
-exit 0
-`
-
-const joinHook = `#!/bin/sh
-# The test role's join hook: nothing to join; the evidence is the kernel.
-echo "{\"kernel\":\"$(cat /proc/sys/kernel/osrelease)\",\"hook\":\"test\"}"
-`
 
 const plugPolicy = `
 rules:
@@ -107,19 +68,18 @@ const (
 
 func TestPlugInQEMU(t *testing.T) {
 	needNetbootLab(t)
-	bb, err := exec.LookPath("busybox")
+	bb, err := vrack.StaticBusybox()
 	if err != nil {
-		t.Skip("needs a static busybox for the initrd (busybox-static, hack/deps/netboot.txt)")
+		t.Skipf("needs a static busybox for the initrd: %v", err)
 	}
-	if f, err := elf.Open(bb); err != nil || hasInterp(f) {
-		t.Skipf("%s is not a static busybox (busybox-static, hack/deps/netboot.txt)", bb)
-	}
-	out, err := exec.Command("../../hack/test-kernel.sh").Output()
+	kernel, err := vrack.TestKernel(vrack.DefaultCacheDir())
 	if err != nil {
-		t.Fatalf("no test kernel: hack/test-kernel.sh: %v (it runs apt-get download linux-image-…-amd64 once)", err)
+		t.Fatalf("no test kernel: %v (it runs apt-get download linux-image-…-amd64 once)", err)
 	}
-	kernel := strings.TrimSpace(string(out))
-	mods := testModules(t, kernel)
+	mods, err := vrack.TestModules(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
 	agent, err := agentBin()
 	if err != nil {
 		t.Fatalf("build mdc-agent: %v", err)
@@ -128,9 +88,11 @@ func TestPlugInQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lab := newNetnsLab(t)
+	lab := newLab(t)
 	initrd := filepath.Join(lab.dir, "initrd.gz")
-	writeInitrd(t, initrd, bb, agent, mods, agentRun)
+	if err := vrack.WriteInitrd(initrd, bb, agent, mods, vrack.AgentRun); err != nil {
+		t.Fatal(err)
+	}
 
 	type result struct {
 		fw     firmware
@@ -146,10 +108,11 @@ func TestPlugInQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 		data := filepath.Join(l.dir, "mdc-plugin")
-		server := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
+		md := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
 			"--role-policy", pol, "--agent-heartbeat", "5s")
-		l.importAs(bin, server, data, kernel, initrd, "commissioning", "commissioning")
-		l.importAs(bin, server, data, kernel, initrd, "test-1", "test")
+		server := md.URL
+		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "commissioning", "commissioning")
+		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "test-1", "test")
 		for i, fw := range []firmware{bios, uefi} {
 			mac := fmt.Sprintf("52:54:00:6d:01:%02x", i+1)
 			ok := t.Run(strings.Fields(fw.name)[0], func(t *testing.T) {
@@ -166,11 +129,14 @@ func TestPlugInQEMU(t *testing.T) {
 	t.Run("never-checks-in", func(t *testing.T) {
 		l := lab.sub(t)
 		silent := filepath.Join(l.dir, "initrd-silent.gz")
-		writeInitrd(t, silent, bb, agent, mods, noAgentRun)
+		if err := vrack.WriteInitrd(silent, bb, agent, mods, vrack.NoAgentRun); err != nil {
+			t.Fatal(err)
+		}
 		data := filepath.Join(l.dir, "mdc-silent")
-		server := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
+		md := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
 			"--commissioning-timeout", "25s")
-		l.importAs(bin, server, data, kernel, silent, "commissioning", "commissioning")
+		server := md.URL
+		l.importAs(md, kernel, silent, "console=ttyS0 quiet panic=-1", "commissioning", "commissioning")
 		l.neverChecksIn(server, data, bios, "52:54:00:6d:01:10", 25*time.Second)
 	})
 
@@ -178,38 +144,36 @@ func TestPlugInQEMU(t *testing.T) {
 	// one with two disks gets role test, the one with one disk test2. Their
 	// VMs stay up for reboot-joined.
 	type joinedVM struct {
-		l            *netnsLab
+		l            *testLab
 		server, data string
 		v            vmSpec
-		vm           *proc
-		monitor      string
+		vm           *vrack.Proc
+		m            *vrack.Machine
 	}
 	t.Run("two-at-once", func(t *testing.T) {
 		l := lab.sub(t)
-		// A second tap on the bridge: one VM a tap.
-		for _, args := range [][]string{{"tuntap", "add", "tap1", "mode", "tap"}, {"link", "set", "tap1", "master", "br0"}, {"link", "set", "tap1", "up"}} {
-			l.ip(append([]string{"-n", l.ns}, args...)...)
-		}
 		pol := filepath.Join(l.dir, "policy.yaml")
 		if err := os.WriteFile(pol, []byte(twoRolePolicy), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		data := filepath.Join(l.dir, "mdc-two")
-		server := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
+		md := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
 			"--role-policy", pol, "--agent-heartbeat", "5s")
-		l.importAs(bin, server, data, kernel, initrd, "commissioning", "commissioning")
-		l.importAs(bin, server, data, kernel, initrd, "test-1", "test")
-		l.importAs(bin, server, data, kernel, initrd, "test2-1", "test2")
+		server := md.URL
+		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "commissioning", "commissioning")
+		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "test-1", "test")
+		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "test2-1", "test2")
 		vms := []vmSpec{
 			{"52:54:00:6d:01:21", 512 << 20, 1, []int64{vmDisk1, vmDisk2}, "test"},
 			{"52:54:00:6d:01:22", 512 << 20, 1, []int64{vmDisk1}, "test2"},
 		}
-		mon := monitorPath(l.t, vms[0].mac) // lives as long as the VM
-		t0 := time.Now()
-		procs := []*proc{
-			l.startVMOn("tap0", mon, bios, vms[0].mac, vms[0].mem, vms[0].cpus, vms[0].disks),
-			l.startVMOn("tap1", "", bios, vms[1].mac, vms[1].mem, vms[1].cpus, vms[1].disks),
+		// One VM a tap; the first one's QMP socket lives as long as it.
+		ms := []*vrack.Machine{
+			l.machine(bios, vms[0].mac, int(vms[0].mem>>20), vms[0].cpus, vms[0].disks),
+			l.machine(bios, vms[1].mac, int(vms[1].mem>>20), vms[1].cpus, vms[1].disks),
 		}
+		t0 := time.Now()
+		procs := []*vrack.Proc{l.startMachine(ms[0], nil), l.startMachine(ms[1], nil)}
 		for i, v := range vms {
 			ok := t.Run(v.role, func(t *testing.T) {
 				l := l.sub(t)
@@ -220,8 +184,8 @@ func TestPlugInQEMU(t *testing.T) {
 				return
 			}
 		}
-		procs[1].stop() // only the first is rebooted
-		kept := &joinedVM{l, server, data, vms[0], procs[0], mon}
+		procs[1].Stop() // only the first is rebooted
+		kept := &joinedVM{l, server, data, vms[0], procs[0], ms[0]}
 
 		// A joined machine that reboots comes back to joined in its role
 		// without commissioning again: its next network boot gets the role
@@ -229,7 +193,7 @@ func TestPlugInQEMU(t *testing.T) {
 		t.Run("reboot-joined", func(t *testing.T) {
 			l := kept.l.sub(t)
 			id := machine.MustParseID(kept.v.mac)
-			c, tok := l.httpClient(), readAdminToken(t, kept.data)
+			c, tok := l.r.HTTPClient(), readAdminToken(t, kept.data)
 			url := kept.server + "/api/v1/machines/" + string(id)
 			lifecycle := func() []string {
 				var life []string
@@ -242,7 +206,10 @@ func TestPlugInQEMU(t *testing.T) {
 			}
 			before := lifecycle()
 			t0 := time.Now()
-			systemReset(t, kept.monitor)
+			// The reset button, through QEMU's QMP socket.
+			if _, err := vrack.QMP(context.Background(), kept.m.QMP, "system_reset", nil); err != nil {
+				t.Fatal(err)
+			}
 			deadline := t0.Add(90 * time.Second)
 			var m machine.Machine
 			for {
@@ -255,8 +222,8 @@ func TestPlugInQEMU(t *testing.T) {
 					t.Fatalf("not joined again 90 s after the reset: state %q\n%s", m.State, l.eventsText(c, kept.server, tok, id, t0))
 				}
 				select {
-				case <-kept.vm.done:
-					t.Fatalf("QEMU exited (%v) in state %q", kept.vm.cmd.ProcessState, m.State)
+				case <-kept.vm.Done:
+					t.Fatalf("QEMU exited (%v) in state %q", kept.vm.Cmd.ProcessState, m.State)
 				case <-time.After(200 * time.Millisecond):
 				}
 			}
@@ -279,7 +246,7 @@ func TestPlugInQEMU(t *testing.T) {
 		})
 	})
 
-	t.Logf("seconds from QEMU start (or the reset) to joined (accel %s):", accel())
+	t.Logf("seconds from QEMU start (or the reset) to joined (accel %s):", vrack.Accel())
 	for _, r := range results {
 		t.Logf("  %-32s %.1f s  (%s)", r.fw.name+":", r.joined.Seconds(), r.stages)
 	}
@@ -288,15 +255,15 @@ func TestPlugInQEMU(t *testing.T) {
 // plugIn powers on a new VM and waits until it is joined in role test, then
 // checks its history and facts. It returns the time from QEMU start to
 // joined and the stage timeline from mdc's events.
-func (l *netnsLab) plugIn(server, data string, fw firmware, mac string) (time.Duration, string) {
+func (l *testLab) plugIn(server, data string, fw firmware, mac string) (time.Duration, string) {
 	t := l.t
 	id := machine.MustParseID(mac)
-	c, tok := l.httpClient(), readAdminToken(t, data)
+	c, tok := l.r.HTTPClient(), readAdminToken(t, data)
 	if code := l.getStatus(c, server+"/api/v1/machines/"+string(id), tok); code != http.StatusNotFound {
 		t.Fatalf("machine %s known to mdc before it powered on (HTTP %d)", id, code)
 	}
 	t0 := time.Now()
-	vm := l.startVM(fw, mac, vmMemory, vmCPUs, []int64{vmDisk1, vmDisk2})
+	vm := l.startMachine(l.machine(fw, mac, vmMemory>>20, vmCPUs, []int64{vmDisk1, vmDisk2}), nil)
 	limit := 90 * time.Second
 	if fw.uefi {
 		limit = 120 * time.Second
@@ -315,11 +282,11 @@ type vmSpec struct {
 
 // awaitJoined waits until the VM started at t0 is joined in its role, then
 // checks its history and facts.
-func (l *netnsLab) awaitJoined(server, data string, fw firmware, v vmSpec, vm *proc, t0 time.Time, limit time.Duration) (time.Duration, string) {
+func (l *testLab) awaitJoined(server, data string, fw firmware, v vmSpec, vm *vrack.Proc, t0 time.Time, limit time.Duration) (time.Duration, string) {
 	t := l.t
 	mac := v.mac
 	id := machine.MustParseID(mac)
-	c, tok := l.httpClient(), readAdminToken(t, data)
+	c, tok := l.r.HTTPClient(), readAdminToken(t, data)
 	var m machine.Machine
 	deadline := t0.Add(limit)
 	for {
@@ -331,8 +298,8 @@ func (l *netnsLab) awaitJoined(server, data string, fw firmware, v vmSpec, vm *p
 			t.Fatalf("%s: not joined %s after power-on: state %q role %q\n%s", fw.name, limit, m.State, m.Role, l.eventsText(c, server, tok, id, t0))
 		}
 		select {
-		case <-vm.done:
-			t.Fatalf("%s: QEMU exited (%v) in state %q", fw.name, vm.cmd.ProcessState, m.State)
+		case <-vm.Done:
+			t.Fatalf("%s: QEMU exited (%v) in state %q", fw.name, vm.Cmd.ProcessState, m.State)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -416,12 +383,12 @@ func stageLine(evs []machine.Event, t0 time.Time) string {
 
 // neverChecksIn boots an image whose agent never reports and waits for the
 // machine to fail with a reason that says what to do.
-func (l *netnsLab) neverChecksIn(server, data string, fw firmware, mac string, timeout time.Duration) {
+func (l *testLab) neverChecksIn(server, data string, fw firmware, mac string, timeout time.Duration) {
 	t := l.t
 	id := machine.MustParseID(mac)
-	c, tok := l.httpClient(), readAdminToken(t, data)
+	c, tok := l.r.HTTPClient(), readAdminToken(t, data)
 	t0 := time.Now()
-	vm := l.startVM(fw, mac, 512<<20, 1, nil)
+	vm := l.startMachine(l.machine(fw, mac, 512, 1, nil), nil)
 	deadline := t0.Add(timeout + 60*time.Second)
 	var m machine.Machine
 	for {
@@ -433,8 +400,8 @@ func (l *netnsLab) neverChecksIn(server, data string, fw firmware, mac string, t
 			t.Fatalf("not failed %s after power-on: state %q\n%s", time.Since(t0).Round(time.Second), m.State, l.eventsText(c, server, tok, id, t0))
 		}
 		select {
-		case <-vm.done:
-			t.Fatalf("QEMU exited (%v) in state %q", vm.cmd.ProcessState, m.State)
+		case <-vm.Done:
+			t.Fatalf("QEMU exited (%v) in state %q", vm.Cmd.ProcessState, m.State)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -459,48 +426,8 @@ func (l *netnsLab) neverChecksIn(server, data string, fw firmware, mac string, t
 	}
 }
 
-// startVM powers on a VM that boots from the network, with sparse raw
-// virtio disks of the given sizes. Its serial console is its log file.
-func (l *netnsLab) startVM(fw firmware, mac string, mem int64, cpus int, disks []int64) *proc {
-	l.t.Helper()
-	return l.startVMOn("tap0", "", fw, mac, mem, cpus, disks)
-}
-
-// startVMOn is startVM on another tap of the bridge, with QEMU's monitor
-// on the unix socket monitor when it is not "".
-func (l *netnsLab) startVMOn(tap, monitor string, fw firmware, mac string, mem int64, cpus int, disks []int64) *proc {
-	t := l.t
-	t.Helper()
-	tag := strings.ReplaceAll(mac, ":", "")
-	args := []string{"qemu-system-x86_64", "-accel", accel(), "-m", fmt.Sprintf("%dM", mem>>20), "-smp", fmt.Sprint(cpus),
-		"-nographic", "-boot", "n", "-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no"}
-	if monitor != "" {
-		args = append(args, "-monitor", "unix:"+monitor+",server=on,wait=off")
-	}
-	args = append(args, l.firmwareArgs(fw, mac)...)
-	for i, size := range disks {
-		p := filepath.Join(l.dir, fmt.Sprintf("disk%d-%s.img", i, tag))
-		f, err := os.Create(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Truncate(size); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-		args = append(args, "-drive", "if=virtio,format=raw,file="+p)
-	}
-	vm := l.start("serial-"+tag, nil, args...)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("serial console of %s: %s", mac, vm.log)
-		}
-	})
-	return vm
-}
-
 // eventsText is the machine's events, one a line, in seconds from t0.
-func (l *netnsLab) eventsText(c *http.Client, server, tok string, id machine.ID, t0 time.Time) string {
+func (l *testLab) eventsText(c *http.Client, server, tok string, id machine.ID, t0 time.Time) string {
 	evs := getIn[api.EventList](l.t, c, server+"/api/v1/machines/"+string(id)+"/events?telemetry=true", tok, false)
 	var b strings.Builder
 	for _, e := range evs.Events {
@@ -515,16 +442,7 @@ func (l *netnsLab) eventsText(c *http.Client, server, tok string, id machine.ID,
 	return b.String()
 }
 
-func readAdminToken(t *testing.T, data string) string {
-	t.Helper()
-	tok, _, err := adminToken(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
-func (l *netnsLab) getStatus(c *http.Client, url, tok string) int {
+func (l *testLab) getStatus(c *http.Client, url, tok string) int {
 	req, _ := http.NewRequest("GET", url, nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := c.Do(req)
@@ -558,173 +476,4 @@ func getIn[T any](t *testing.T, c *http.Client, url, tok string, notFoundOK bool
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	return v
-}
-
-// importAs imports kernel and initrd with the CLI as the image of role.
-func (l *netnsLab) importAs(bin, server, data, kernel, initrd, name, role string) {
-	l.t.Helper()
-	imp := exec.Command("ip", "netns", "exec", l.ns, bin, "images", "import", "--server", server, "--data-dir", data,
-		"--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0 quiet panic=-1", "--name", name, "--role", role)
-	if out, err := imp.CombinedOutput(); err != nil {
-		l.t.Fatalf("mdc images import %s: %v\n%s", name, err, out)
-	}
-}
-
-// testModules returns the directory holding initrdModules from the Debian
-// package of kernel (vmlinuz-VERSION), unpacked once next to it.
-func testModules(t *testing.T, kernel string) string {
-	t.Helper()
-	ver := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	dir := filepath.Join(filepath.Dir(kernel), "modules-"+ver)
-	have := func() bool {
-		for _, m := range initrdModules {
-			if _, err := os.Stat(filepath.Join(dir, m+".ko")); err != nil {
-				return false
-			}
-		}
-		return true
-	}
-	if have() {
-		return dir
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(kernel), "dl.")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(tmp)
-	dl := exec.Command("apt-get", "download", "linux-image-"+ver)
-	dl.Dir = tmp
-	if out, err := dl.CombinedOutput(); err != nil {
-		t.Fatalf("apt-get download linux-image-%s (for the NIC and disk modules): %v\n%s", ver, err, out)
-	}
-	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
-	if len(debs) != 1 {
-		t.Fatalf("apt-get download linux-image-%s left %v", ver, debs)
-	}
-	var pats []string
-	for _, m := range initrdModules {
-		pats = append(pats, "*/"+m+".ko")
-	}
-	x := exec.Command("sh", append([]string{"-c", `d=$1 deb=$2; shift 2; dpkg-deb --fsys-tarfile "$deb" | tar -x --wildcards -C "$d" "$@"`, "sh", tmp, debs[0]}, pats...)...)
-	if out, err := x.CombinedOutput(); err != nil {
-		t.Fatalf("unpack the modules of %s: %v\n%s", debs[0], err, out)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	err = filepath.Walk(filepath.Join(tmp, "lib"), func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() || !strings.HasSuffix(p, ".ko") {
-			return err
-		}
-		return os.Rename(p, filepath.Join(dir, filepath.Base(p)))
-	})
-	if err != nil || !have() {
-		t.Fatalf("modules of linux-image-%s: %v (want %v in %s)", ver, err, initrdModules, dir)
-	}
-	return dir
-}
-
-// writeInitrd writes a gzipped newc cpio: busybox, mdc-agent, the modules,
-// /init running run, the udhcpc script and the test role's join hook.
-func writeInitrd(t *testing.T, path, busybox, agent, mods, run string) {
-	t.Helper()
-	init := strings.Replace(strings.Replace(initScript, "MODULES", strings.Join(initrdModules, " "), 1), "AGENT", run, 1)
-	var cw cpioWriter
-	for _, d := range []string{"bin", "dev", "etc", "etc/mdc", "etc/udhcpc", "lib", "lib/modules", "proc", "sys", "run", "tmp", "usr", "usr/bin", "usr/sbin", "sbin", "var", "var/lib"} {
-		cw.add(d, 0o40755, nil, 0, 0)
-	}
-	cw.add("dev/console", 0o20600, nil, 5, 1)
-	cw.add("init", 0o100755, []byte(init), 0, 0)
-	cw.add("etc/udhcpc/default.script", 0o100755, []byte(udhcpcScript), 0, 0)
-	cw.add("etc/mdc/join", 0o100755, []byte(joinHook), 0, 0)
-	for dst, src := range map[string]string{"bin/busybox": busybox, "bin/mdc-agent": agent} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cw.add(dst, 0o100755, b, 0, 0)
-	}
-	names := append([]string(nil), initrdModules...)
-	sort.Strings(names)
-	for _, m := range names {
-		b, err := os.ReadFile(filepath.Join(mods, m+".ko"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cw.add("lib/modules/"+m+".ko", 0o100644, b, 0, 0)
-	}
-	cw.add("TRAILER!!!", 0, nil, 0, 0)
-	var gz bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
-	if _, err := zw.Write(cw.b.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, gz.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// cpioWriter writes the "newc" cpio format the kernel unpacks.
-type cpioWriter struct {
-	b   bytes.Buffer
-	ino int
-}
-
-func (w *cpioWriter) add(name string, mode int, data []byte, rmaj, rmin int) {
-	w.ino++
-	nlink := 1
-	if mode&0o40000 != 0 {
-		nlink = 2
-	}
-	fmt.Fprintf(&w.b, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		w.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rmaj, rmin, len(name)+1, 0)
-	w.b.WriteString(name)
-	w.b.WriteByte(0)
-	w.pad()
-	w.b.Write(data)
-	w.pad()
-}
-
-func (w *cpioWriter) pad() {
-	for w.b.Len()%4 != 0 {
-		w.b.WriteByte(0)
-	}
-}
-
-// monitorPath is a short path for a VM's monitor socket (unix socket paths
-// are limited to 108 bytes; t.TempDir's can be longer).
-func monitorPath(t *testing.T, mac string) string {
-	dir, err := os.MkdirTemp("", "mdcmon")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, strings.ReplaceAll(mac, ":", "")+".sock")
-}
-
-// systemReset presses the VM's reset button through its QEMU monitor.
-func systemReset(t *testing.T, monitor string) {
-	t.Helper()
-	conn, err := net.DialTimeout("unix", monitor, 5*time.Second)
-	if err != nil {
-		t.Fatalf("QEMU monitor: %v", err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := conn.Write([]byte("system_reset\n")); err != nil {
-		t.Fatalf("QEMU monitor: %v", err)
-	}
-	// Wait for the prompt after the command: QEMU has taken it.
-	var got []byte
-	buf := make([]byte, 4096)
-	for !bytes.Contains(got, []byte("system_reset")) || !bytes.HasSuffix(bytes.TrimRight(got, " "), []byte("(qemu)")) {
-		n, err := conn.Read(buf)
-		if err != nil {
-			t.Fatalf("QEMU monitor after system_reset: %v (read %q)", err, got)
-		}
-		got = append(got, buf[:n]...)
-	}
 }
