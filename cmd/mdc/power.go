@@ -288,9 +288,7 @@ func (b *bmcSide) power(ctx context.Context, m machine.Machine, c *bmc.Controlle
 	if perr != nil {
 		result = perr.Error()
 	} else {
-		var serr error
-		state, serr = c.PowerStatus(ctx)
-		b.count("power_status", serr)
+		state = b.settle(ctx, c, action)
 	}
 	after, err := b.record(context.WithoutCancel(ctx), m.ID, machine.PowerChanged,
 		machine.PowerData{Action: string(action), State: string(state), Result: result})
@@ -301,6 +299,35 @@ func (b *bmcSide) power(ctx context.Context, m machine.Machine, c *bmc.Controlle
 	b.log.Info("BMC power action", "machine", m.ID, "action", action, "power", state)
 	return after, err
 }
+
+// settle reads the power state after action until it shows the action's
+// result, for a bounded time: BMCs report a cycle's "off" for a while, and
+// IPMI chassis control answers before the machine is up.
+func (b *bmcSide) settle(ctx context.Context, c *bmc.Controller, action bmc.PowerAction) bmc.PowerState {
+	want := bmc.PowerOn
+	switch action {
+	case bmc.ActionOff:
+		want = bmc.PowerOff
+	case bmc.ActionSoft:
+		want = "" // the OS shuts down in its own time: take the first answer
+	}
+	deadline := time.Now().Add(settleTime)
+	for {
+		state, err := c.PowerStatus(ctx)
+		b.count("power_status", err)
+		if err == nil && (want == "" || state == want) || time.Now().After(deadline) || ctx.Err() != nil {
+			return state
+		}
+		select {
+		case <-ctx.Done():
+			return state
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// settleTime bounds how long settle waits for a power action to show.
+const settleTime = 15 * time.Second
 
 // Power implements api.BMCs.
 func (b *bmcSide) Power(ctx context.Context, id machine.ID, action string) (api.PowerResult, error) {
