@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -11,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/microdc/mdc/api"
+	"github.com/microdc/mdc/bmc"
 	"github.com/microdc/mdc/hack/vrack/redfish"
 	"github.com/microdc/mdc/machine"
 )
@@ -222,4 +227,69 @@ func countMachines(t *testing.T, url, data string) int {
 		t.Fatal(err)
 	}
 	return l.Count
+}
+
+// A failed machine with a BMC is power-cycled again after the backoff, up
+// to --bmc-retries times; then it is left alone.
+func TestBMCRetriesFailedMachine(t *testing.T) {
+	store := newTestStore(t)
+	data := t.TempDir()
+	sys, bmcURL := redfishBMC(t, "52:54:00:dd:00:01")
+	const id = machine.ID("525400dd0001")
+	ref, err := bmc.SaveCredentials(data, string(id), bmc.Credentials{User: "admin", Password: testBMCPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &bmcFlags{timeout: 3 * time.Second, retries: 2, backoff: 500 * time.Millisecond, bootMode: "uefi"}
+	side := newBMCSide(cfg, store, data, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- side.run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	// The follower starts from the log's end: wait until it runs.
+	time.Sleep(200 * time.Millisecond)
+	lifecycle(t, store, id, machine.Enrolled, machine.EnrolledData{BMC: &machine.BMC{URL: bmcURL, User: "admin", Credential: ref}})
+
+	boots := func() int { return len(sys.Boots()) }
+	// Three failures: the first two are retried (after 0.5 s, then 1 s),
+	// the third is not.
+	for i := 1; i <= 3; i++ {
+		lifecycle(t, store, id, machine.Failed, machine.FailedData{Reason: fmt.Sprintf("test failure %d", i)})
+		want := min(i, 2)
+		deadline := time.Now().Add(10 * time.Second)
+		for boots() < want && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if boots() != want {
+			t.Fatalf("failure %d: the machine started %d times, want %d (retried through its BMC)", i, boots(), want)
+		}
+		// The retry's power-cycle boots the machine; it fails again later.
+		for {
+			m, _ := store.Get(id)
+			if i > 2 || m.Power == "on" {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		lifecycle(t, store, id, machine.CommissioningStarted, machine.CommissioningBootData{})
+	}
+	time.Sleep(3 * time.Second) // the third retry would have come after 2 s
+	if boots() != 2 {
+		t.Errorf("after the third failure the machine started %d times, want 2 (no retries left)", boots())
+	}
+	for _, b := range sys.Boots() {
+		if b.Target != "Pxe" {
+			t.Errorf("a start booted from %+v, want Pxe", b)
+		}
+	}
+	h, _ := store.History(context.Background(), id)
+	var n int
+	for _, e := range h {
+		if e.Type == machine.BootDeviceSet {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d boot_device_set events, want 2 (one per retry)", n)
+	}
 }
