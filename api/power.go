@@ -116,25 +116,11 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) powerStatus(w http.ResponseWriter, r *http.Request) {
-	b, ok := s.bmcs(w)
-	if !ok {
-		return
-	}
-	m, ok := s.known(w, r)
-	if !ok {
-		return
-	}
-	res, err := b.PowerStatus(r.Context(), m.ID)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.onMachine(w, r, func(b BMCs, id machine.ID) (any, error) { return b.PowerStatus(r.Context(), id) })
 }
 
 func (s *Server) power(w http.ResponseWriter, r *http.Request) {
-	b, ok := s.bmcs(w)
-	if !ok {
+	if _, ok := s.bmcs(w); !ok {
 		return
 	}
 	var req PowerRequest
@@ -148,19 +134,16 @@ func (s *Server) power(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, CodeInvalidValue, "action %q: want on, off, cycle or soft", req.Action))
 		return
 	}
-	m, ok := s.known(w, r)
-	if !ok {
-		return
-	}
-	res, err := b.Power(r.Context(), m.ID, req.Action)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.onMachine(w, r, func(b BMCs, id machine.ID) (any, error) { return b.Power(r.Context(), id, req.Action) })
 }
 
 func (s *Server) reprovision(w http.ResponseWriter, r *http.Request) {
+	s.onMachine(w, r, func(b BMCs, id machine.ID) (any, error) { return b.Reprovision(r.Context(), id) })
+}
+
+// onMachine runs one BMC-side call on the machine of the path and answers
+// with its result.
+func (s *Server) onMachine(w http.ResponseWriter, r *http.Request, call func(BMCs, machine.ID) (any, error)) {
 	b, ok := s.bmcs(w)
 	if !ok {
 		return
@@ -169,7 +152,7 @@ func (s *Server) reprovision(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	res, err := b.Reprovision(r.Context(), m.ID)
+	res, err := call(b, m.ID)
 	if err != nil {
 		s.fail(w, r, err)
 		return
