@@ -29,36 +29,14 @@ const enrollPolicy = "default: test\n"
 // reprovisioned through its BMC; a wrong password and an unreachable BMC
 // fail clearly within the timeout and record nothing.
 func TestEnrollQEMU(t *testing.T) {
-	needNetbootLab(t)
-	bb, err := vrack.StaticBusybox()
-	if err != nil {
-		t.Skipf("needs a static busybox for the initrd: %v", err)
-	}
-	kernel, err := vrack.TestKernel(vrack.DefaultCacheDir())
-	if err != nil {
-		t.Fatalf("no test kernel: %v", err)
-	}
-	mods, err := vrack.TestModules(kernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent, err := agentBin()
-	if err != nil {
-		t.Fatalf("build mdc-agent: %v", err)
-	}
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := newKit(t)
+	bin, kernel := k.bin, k.kernel
 	self, err := vrackBin()
 	if err != nil {
 		t.Fatalf("build vrack: %v", err)
 	}
 	l := newLab(t)
-	initrd := filepath.Join(l.dir, "initrd.gz")
-	if err := vrack.WriteInitrd(initrd, bb, agent, mods, vrack.AgentRun); err != nil {
-		t.Fatal(err)
-	}
+	initrd := k.initrd(t, filepath.Join(l.dir, "initrd.gz"), vrack.AgentRun)
 	pol := filepath.Join(l.dir, "policy.yaml")
 	if err := os.WriteFile(pol, []byte(enrollPolicy), 0o644); err != nil {
 		t.Fatal(err)

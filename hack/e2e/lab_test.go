@@ -68,6 +68,45 @@ func goBuild(name, pkg string) (string, error) {
 	return bin, nil
 }
 
+// kit is what a boot-to-joined test needs: the mdc binary and the parts of
+// the test image (a Debian kernel and its NIC modules, a static busybox,
+// mdc-agent), built or fetched once.
+type kit struct {
+	bin, agent, busybox, kernel, mods string
+}
+
+func newKit(t *testing.T) kit {
+	t.Helper()
+	needNetbootLab(t)
+	var k kit
+	var err error
+	if k.busybox, err = vrack.StaticBusybox(); err != nil {
+		t.Skipf("needs a static busybox for the initrd: %v", err)
+	}
+	if k.kernel, err = vrack.TestKernel(vrack.DefaultCacheDir()); err != nil {
+		t.Fatalf("no test kernel: %v (it runs apt-get download linux-image-…-amd64 once)", err)
+	}
+	if k.mods, err = vrack.TestModules(k.kernel); err != nil {
+		t.Fatal(err)
+	}
+	if k.agent, err = agentBin(); err != nil {
+		t.Fatalf("build mdc-agent: %v", err)
+	}
+	if k.bin, err = buildOnce(); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// initrd writes the test image's initrd, whose init runs run, to path.
+func (k kit) initrd(t *testing.T, path, run string) string {
+	t.Helper()
+	if err := vrack.WriteInitrd(path, k.busybox, k.agent, k.mods, run); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // testLab is the virtual rack seen from one test or subtest: processes a
 // subtest starts stop when it ends, and their logs are printed if it failed.
 type testLab struct {

@@ -67,32 +67,10 @@ const (
 )
 
 func TestPlugInQEMU(t *testing.T) {
-	needNetbootLab(t)
-	bb, err := vrack.StaticBusybox()
-	if err != nil {
-		t.Skipf("needs a static busybox for the initrd: %v", err)
-	}
-	kernel, err := vrack.TestKernel(vrack.DefaultCacheDir())
-	if err != nil {
-		t.Fatalf("no test kernel: %v (it runs apt-get download linux-image-…-amd64 once)", err)
-	}
-	mods, err := vrack.TestModules(kernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent, err := agentBin()
-	if err != nil {
-		t.Fatalf("build mdc-agent: %v", err)
-	}
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := newKit(t)
+	bin, kernel := k.bin, k.kernel
 	lab := newLab(t)
-	initrd := filepath.Join(lab.dir, "initrd.gz")
-	if err := vrack.WriteInitrd(initrd, bb, agent, mods, vrack.AgentRun); err != nil {
-		t.Fatal(err)
-	}
+	initrd := k.initrd(t, filepath.Join(lab.dir, "initrd.gz"), vrack.AgentRun)
 
 	type result struct {
 		fw     firmware
@@ -128,10 +106,7 @@ func TestPlugInQEMU(t *testing.T) {
 
 	t.Run("never-checks-in", func(t *testing.T) {
 		l := lab.sub(t)
-		silent := filepath.Join(l.dir, "initrd-silent.gz")
-		if err := vrack.WriteInitrd(silent, bb, agent, mods, vrack.NoAgentRun); err != nil {
-			t.Fatal(err)
-		}
+		silent := k.initrd(t, filepath.Join(l.dir, "initrd-silent.gz"), vrack.NoAgentRun)
 		data := filepath.Join(l.dir, "mdc-silent")
 		md := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
 			"--commissioning-timeout", "25s")
