@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/microdc/mdc/events"
+	"github.com/microdc/mdc/events/eventstest"
 	"github.com/microdc/mdc/machine"
 )
 
@@ -40,31 +41,8 @@ func newFixture(t *testing.T) *fixture {
 // table; all of it stops when the test ends.
 func startStore(t *testing.T) (context.Context, *nats.Conn, *events.Store, *prometheus.Registry) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	conn, err := events.Connect(ctx, events.NATSConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	metrics := events.NewMetrics(reg)
-	l, err := events.OpenLog(ctx, conn.NC, events.LogConfig{Metrics: metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := events.NewStore(l, events.NewTable(nil, metrics), nil)
-	done := make(chan error, 1)
-	go func() { done <- store.Run(ctx) }()
-	if err := store.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("store: %v", err)
-		}
-		conn.Close()
-	})
-	return ctx, conn.NC, store, reg
+	f := eventstest.Start(t)
+	return f.Ctx, f.NC, f.Store, f.Registry
 }
 
 // serve puts s behind an httptest server for the test's lifetime.

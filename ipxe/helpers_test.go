@@ -9,41 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/microdc/mdc/events"
+	"github.com/microdc/mdc/events/eventstest"
 	"github.com/microdc/mdc/images/blob"
 	"github.com/microdc/mdc/machine"
 )
 
 // newStore runs a real event store on an embedded NATS in a temp directory.
-func newStore(t *testing.T) *events.Store {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	conn, err := events.Connect(ctx, events.NATSConfig{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics := events.NewMetrics(prometheus.NewRegistry())
-	l, err := events.OpenLog(ctx, conn.NC, events.LogConfig{Metrics: metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := events.NewStore(l, events.NewTable(nil, metrics), nil)
-	done := make(chan error, 1)
-	go func() { done <- store.Run(ctx) }()
-	if err := store.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("store: %v", err)
-		}
-		conn.Close()
-	})
-	return store
-}
+func newStore(t *testing.T) *events.Store { return eventstest.Start(t).Store }
 
 // catalog is the test's image catalog: images by name, and by role under
 // "role:<role>".
