@@ -31,7 +31,8 @@ unit: ## go test ./... (integration tests with real components included)
 	$(GO) test -count=1 -timeout 20m ./...
 
 race: ## the concurrency-sensitive packages under the race detector
-	$(GO) test -count=1 -race -timeout 20m ./machine/... ./events/... ./api/... ./images/... ./dhcp/... ./policy/... ./cmd/mdc-agent/...
+	$(GO) test -count=1 -race -timeout 20m ./machine/... ./events/... ./api/... ./images/... ./dhcp/... ./policy/... ./cmd/mdc-agent/... \
+		./bmc/... ./inventory/... ./hack/vrack/redfish/... ./roles/nats/...
 
 ceph: ## the RADOS blob backend and the ceph-osd role against real throwaway single-host Ceph clusters
 	@hack/test-ceph.sh
