@@ -307,7 +307,13 @@ func eventsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return fmt.Errorf("events: HTTP %d", resp.StatusCode)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	if c.output == "table" {
+	// A live feed cannot align columns on what is still to come: it uses
+	// fixed widths that fit ids, event types and sources.
+	const live = "%-6v  %-19s  %-12s  %-21s  %-9s  %s\n"
+	switch {
+	case c.output == "table" && follow:
+		fmt.Fprintf(stdout, live, "SEQ", "TIME", "MACHINE", "EVENT", "SOURCE", "DATA")
+	case c.output == "table":
 		fmt.Fprintln(tw, "SEQ\tTIME\tMACHINE\tEVENT\tSOURCE\tDATA")
 	}
 	err = readSSE(resp.Body, func(seq uint64, data []byte) error {
@@ -319,10 +325,11 @@ func eventsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		if c.output == "json" {
 			return json.NewEncoder(stdout).Encode(e)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Machine, e.Type, e.Source, compact(e.Data))
 		if follow {
-			return tw.Flush() // live: print each line as it comes
+			_, err := fmt.Fprintf(stdout, live, e.Seq, e.Time.Local().Format(time.DateTime), e.Machine, e.Type, e.Source, compact(e.Data))
+			return err
 		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Machine, e.Type, e.Source, compact(e.Data))
 		return nil
 	})
 	if ctx.Err() != nil {
