@@ -16,6 +16,7 @@ import (
 
 	"github.com/microdc/mdc/dhcp"
 	"github.com/microdc/mdc/events"
+	"github.com/microdc/mdc/inventory"
 	"github.com/microdc/mdc/inventory/netbox/netboxtest"
 	"github.com/microdc/mdc/machine"
 )
@@ -367,16 +368,16 @@ func TestNetBoxDownLosesNothing(t *testing.T) {
 		ids = append(ids, id)
 		e.append(t, id, machine.Discovered, machine.DiscoveredData{Via: "dhcp"})
 	}
-	time.Sleep(400 * time.Millisecond)
-	st := e.sync.Status(e.ctx)
+	st := e.statusUntil(func(st inventory.SyncStatus) bool {
+		return st.Failing && strings.Contains(st.LastError, "503") && st.Lag > 0
+	})
 	if !st.Failing || !strings.Contains(st.LastError, "503") || st.Lag == 0 {
 		t.Errorf("status while NetBox answers 503: %+v", st)
 	}
 	e.nb.SetFault(netboxtest.Reset)
 	e.append(t, ids[0], machine.CommissioningStarted, machine.CommissioningBootData{})
 	e.append(t, ids[0], machine.FactsReported, facts)
-	time.Sleep(400 * time.Millisecond)
-	st = e.sync.Status(e.ctx)
+	st = e.statusUntil(func(st inventory.SyncStatus) bool { return st.Failing && st.Lag > 0 })
 	if !st.Failing || st.Lag == 0 {
 		t.Errorf("status while NetBox resets connections: %+v", st)
 	}
@@ -385,10 +386,12 @@ func TestNetBoxDownLosesNothing(t *testing.T) {
 	e.nb.SetFault(netboxtest.NoFault)
 	e.nb.SetDelay(time.Second)
 	e.append(t, ids[1], machine.Retired, machine.RetiredData{Reason: "test"})
-	time.Sleep(700 * time.Millisecond)
 	// The client's timeout or the sync's own deadline for the call, which
 	// ever ends first: both say the call timed out.
-	if st = e.sync.Status(e.ctx); !st.Failing || !(strings.Contains(st.LastError, "Timeout") || strings.Contains(st.LastError, "deadline exceeded")) {
+	timedOut := func(st inventory.SyncStatus) bool {
+		return st.Failing && (strings.Contains(st.LastError, "Timeout") || strings.Contains(st.LastError, "deadline exceeded"))
+	}
+	if st = e.statusUntil(timedOut); !timedOut(st) {
 		t.Errorf("status while NetBox is slow: %+v", st)
 	}
 	e.nb.SetDelay(0)
@@ -425,4 +428,17 @@ func TestNetBoxDownLosesNothing(t *testing.T) {
 func natsOf(t testing.TB, e *env) *nats.Conn {
 	t.Helper()
 	return e.sync.nc
+}
+
+// statusUntil polls the sync's status until ok holds, for up to 5 s, and
+// returns the last status read.
+func (e *env) statusUntil(ok func(inventory.SyncStatus) bool) inventory.SyncStatus {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := e.sync.Status(e.ctx)
+		if ok(st) || time.Now().After(deadline) {
+			return st
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
