@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"sync"
 
 	"github.com/microdc/mdc/api/agentapi"
 	"github.com/microdc/mdc/machine"
@@ -38,9 +37,9 @@ type Role interface {
 // ErrNotYet is Verify's answer while the cluster does not show the node yet.
 var ErrNotYet = errors.New("the cluster does not show the node yet")
 
-// Registry holds the roles mdc knows, by name.
+// Registry holds the roles mdc knows, by name. It does not change after
+// NewRegistry, so it needs no lock.
 type Registry struct {
-	mu    sync.RWMutex
 	roles map[string]Role
 }
 
@@ -58,16 +57,12 @@ func NewRegistry(rs ...Role) (*Registry, error) {
 
 // Get returns the role named name.
 func (r *Registry) Get(name string) (Role, bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
 	x, ok := r.roles[name]
 	return x, ok
 }
 
 // Names lists the registered roles, sorted.
 func (r *Registry) Names() []string {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
 	names := make([]string, 0, len(r.roles))
 	for n := range r.roles {
 		names = append(names, n)
