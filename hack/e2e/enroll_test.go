@@ -30,22 +30,14 @@ const enrollPolicy = "default: test\n"
 // fail clearly within the timeout and record nothing.
 func TestEnrollQEMU(t *testing.T) {
 	k := newKit(t)
-	bin, kernel := k.bin, k.kernel
+	bin := k.bin
 	self, err := vrackBin()
 	if err != nil {
 		t.Fatalf("build vrack: %v", err)
 	}
 	l := newLab(t)
 	initrd := k.initrd(t, filepath.Join(l.dir, "initrd.gz"), vrack.AgentRun)
-	pol := filepath.Join(l.dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(enrollPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	data := filepath.Join(l.dir, "mdc-enroll")
-	md := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
-		"--role-policy", pol, "--agent-heartbeat", "5s", "--bmc-timeout", "8s", "--bmc-retries", "0")
-	l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "commissioning", "commissioning")
-	l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "test-1", "test")
+	md, data := l.startRoleMDC(k, initrd, "mdc-enroll", enrollPolicy, "--bmc-timeout", "8s", "--bmc-retries", "0")
 
 	// Two powered-off machines with BMCs on management addresses of the
 	// rack network, where mdc reaches them.

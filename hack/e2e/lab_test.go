@@ -107,6 +107,28 @@ func (k kit) initrd(t *testing.T, path, run string) string {
 	return path
 }
 
+// startRoleMDC writes policy, starts mdc with full DHCP and that role
+// policy (and extra flags), and imports initrd with the kit's kernel as the
+// commissioning image and the `test` role's image. It returns mdc and its
+// data directory.
+func (l *testLab) startRoleMDC(k kit, initrd, name, policy string, extra ...string) (*vrack.MDC, string) {
+	l.t.Helper()
+	pol := filepath.Join(l.dir, name+"-policy.yaml")
+	if err := os.WriteFile(pol, []byte(policy), 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	data := filepath.Join(l.dir, name)
+	flags := append([]string{"--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet + ".100-" + nbSubnet + ".200",
+		"--role-policy", pol, "--agent-heartbeat", "5s"}, extra...)
+	md := l.startMDC(k.bin, data, flags...)
+	l.importAs(md, k.kernel, initrd, testCmdline, "commissioning", "commissioning")
+	l.importAs(md, k.kernel, initrd, testCmdline, "test-1", "test")
+	return md, data
+}
+
+// testCmdline is the kernel command line of the test image.
+const testCmdline = "console=ttyS0 quiet panic=-1"
+
 // testLab is the virtual rack seen from one test or subtest: processes a
 // subtest starts stop when it ends, and their logs are printed if it failed.
 type testLab struct {

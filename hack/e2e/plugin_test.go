@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,16 +80,8 @@ func TestPlugInQEMU(t *testing.T) {
 
 	t.Run("plug-in", func(t *testing.T) {
 		l := lab.sub(t)
-		pol := filepath.Join(l.dir, "policy.yaml")
-		if err := os.WriteFile(pol, []byte(plugPolicy), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		data := filepath.Join(l.dir, "mdc-plugin")
-		md := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
-			"--role-policy", pol, "--agent-heartbeat", "5s")
+		md, data := l.startRoleMDC(k, initrd, "mdc-plugin", plugPolicy)
 		server := md.URL
-		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "commissioning", "commissioning")
-		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "test-1", "test")
 		for i, fw := range []firmware{bios, uefi} {
 			mac := fmt.Sprintf("52:54:00:6d:01:%02x", i+1)
 			ok := t.Run(strings.Fields(fw.name)[0], func(t *testing.T) {
@@ -127,17 +118,9 @@ func TestPlugInQEMU(t *testing.T) {
 	}
 	t.Run("two-at-once", func(t *testing.T) {
 		l := lab.sub(t)
-		pol := filepath.Join(l.dir, "policy.yaml")
-		if err := os.WriteFile(pol, []byte(twoRolePolicy), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		data := filepath.Join(l.dir, "mdc-two")
-		md := l.startMDC(bin, data, "--interface", "br0", "--dhcp-mode", "full", "--dhcp-range", nbSubnet+".100-"+nbSubnet+".200",
-			"--role-policy", pol, "--agent-heartbeat", "5s")
+		md, data := l.startRoleMDC(k, initrd, "mdc-two", twoRolePolicy)
 		server := md.URL
-		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "commissioning", "commissioning")
-		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "test-1", "test")
-		l.importAs(md, kernel, initrd, "console=ttyS0 quiet panic=-1", "test2-1", "test2")
+		l.importAs(md, kernel, initrd, testCmdline, "test2-1", "test2")
 		vms := []vmSpec{
 			{"52:54:00:6d:01:21", 512 << 20, 1, []int64{vmDisk1, vmDisk2}, "test"},
 			{"52:54:00:6d:01:22", 512 << 20, 1, []int64{vmDisk1}, "test2"},
