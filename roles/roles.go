@@ -70,3 +70,28 @@ func (r *Registry) Names() []string {
 	sort.Strings(names)
 	return names
 }
+
+// Status is what `mdc roles show` prints of a role. It never holds a
+// secret.
+type Status struct {
+	Name string `json:"name"`
+	// Summary is one line: what the role joins and how healthy that is.
+	Summary string `json:"summary"`
+	// Settings are the role's non-secret settings (cluster name, fsid,
+	// monitors, topology, ports).
+	Settings map[string]string `json:"settings,omitempty"`
+	// Members are the nodes the cluster confirmed, as the role knows them.
+	Members []Member `json:"members,omitempty"`
+}
+
+// Member is one confirmed node of a role's cluster.
+type Member struct {
+	Machine machine.ID `json:"machine"`
+	// Detail says how the cluster knows it: peer id, server name, OSD ids.
+	Detail string `json:"detail,omitempty"`
+}
+
+// Describer is implemented by roles that can describe their cluster.
+type Describer interface {
+	Describe(ctx context.Context) (Status, error)
+}
