@@ -15,6 +15,7 @@ import (
 
 	"github.com/microdc/mdc/events"
 	"github.com/microdc/mdc/machine"
+	"github.com/microdc/mdc/roles"
 )
 
 // Error is an API error: an HTTP status, a stable code for scripts and a
@@ -68,7 +69,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &apiErr):
 	case errors.As(err, &te):
 		apiErr = errorf(http.StatusConflict, CodeIllegal, "%s", te.Error())
-	case errors.Is(err, machine.ErrBadEvent):
+	case errors.Is(err, machine.ErrBadEvent), errors.Is(err, roles.ErrBadReport):
 		apiErr = errorf(http.StatusBadRequest, CodeInvalidValue, "%v", err)
 	case errors.Is(err, events.ErrConflict):
 		apiErr = errorf(http.StatusConflict, CodeConflict, "%v; read the machine again and retry", err)

@@ -86,7 +86,7 @@ func Connect(ctx context.Context, cfg NATSConfig) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
-	srv.SetLoggerV2(&natsLogger{log: log.With("component", "nats")}, false, false, false)
+	srv.SetLoggerV2(ServerLogger(log.With("component", "nats")), false, false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(30 * time.Second) {
 		srv.Shutdown()
@@ -128,7 +128,10 @@ func (c *Conn) Close() {
 	}
 }
 
-// natsLogger sends the embedded server's log to slog.
+// ServerLogger sends an embedded server's log to log: its notices at
+// debug level, and no traces.
+func ServerLogger(log *slog.Logger) server.Logger { return &natsLogger{log: log} }
+
 type natsLogger struct{ log *slog.Logger }
 
 func (l *natsLogger) Noticef(f string, v ...any) { l.log.Debug(fmt.Sprintf(f, v...)) }

@@ -34,6 +34,10 @@ type Role interface {
 	Retire(ctx context.Context, m machine.Machine) error
 }
 
+// ErrBadReport is wrapped by Configure when what the node reported is not
+// valid (a malformed key): the node's fault, answered 400.
+var ErrBadReport = errors.New("bad report")
+
 // ErrNotYet is Verify's answer while the cluster does not show the node yet.
 var ErrNotYet = errors.New("the cluster does not show the node yet")
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -78,4 +79,78 @@ func (k *Keys) EmbeddedOptions(o *server.Options, e Embedded) error {
 	o.Cluster.Username = RouteUser
 	o.Cluster.Password = k.routePassword
 	return nil
+}
+
+// Member says how mdc's cluster member runs: the in-process server that
+// nats nodes route to (StartMember).
+type Member struct {
+	// Dir holds its account resolver (Dir/jwt).
+	Dir string
+	// Cluster is the route listener, host:port; nodes route to it, so the
+	// host must be an address they reach.
+	Cluster string
+	// Clients, if set, is a client listener (host:port) for machines
+	// connecting with the credentials mdc minted for them. Empty: no
+	// client listener (mdc connects in-process).
+	Clients     string
+	ClusterName string // default "mdc"
+	Logger      server.Logger
+}
+
+// StartMember starts mdc's member of the nodes' cluster, in this process,
+// in operator mode under k. It runs no JetStream: a clustered JetStream
+// server does not start until a peer routes to it, and mdc's event log
+// must not wait for the first node (docs/roles-nats.md). The event log stays
+// on mdc's own standalone server; this one exists so that the first node
+// has a member to route to, and mdc reaches the cluster in-process.
+func (k *Keys) StartMember(m Member) (*server.Server, error) {
+	host, port, err := splitHostPort(m.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("nats cluster listener %q: %w", m.Cluster, err)
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		return nil, fmt.Errorf("nats cluster listener %q: want the IP address nodes route to (it goes into their configuration), not a name or 0.0.0.0", m.Cluster)
+	}
+	// A taken port is one clear error now, not a Fatalf in the server's log.
+	l, err := net.Listen("tcp", m.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("nats cluster listener: %w", err)
+	}
+	l.Close()
+	o := &server.Options{ServerName: "mdc", NoSigs: true, DontListen: true}
+	if m.Clients != "" {
+		h, p, err := splitHostPort(m.Clients)
+		if err != nil {
+			return nil, fmt.Errorf("nats client listener %q: %w", m.Clients, err)
+		}
+		o.Host, o.Port, o.DontListen = h, p, false
+	}
+	if err := k.EmbeddedOptions(o, Embedded{ResolverDir: filepath.Join(m.Dir, "jwt"), ClusterHost: host, ClusterPort: port, ClusterName: m.ClusterName}); err != nil {
+		return nil, err
+	}
+	srv, err := server.NewServer(o)
+	if err != nil {
+		return nil, fmt.Errorf("nats cluster member: %w", err)
+	}
+	if m.Logger != nil {
+		srv.SetLoggerV2(m.Logger, false, false, false)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("nats cluster member on %s did not start in 10s (is the port taken?)", m.Cluster)
+	}
+	return srv, nil
+}
+
+func splitHostPort(hp string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port <= 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", ps)
+	}
+	return host, port, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/microdc/mdc/machine"
+	"github.com/microdc/mdc/roles"
 )
 
 // The files of a keys directory. Seeds and the route password are secrets:
@@ -35,7 +36,7 @@ const RouteUser = "mdc-route"
 
 // ErrBadNkey is wrapped when a node sends something that is not a public
 // user nkey.
-var ErrBadNkey = errors.New("not a NATS user public key")
+var ErrBadNkey = fmt.Errorf("%w: not a NATS user public key", roles.ErrBadReport)
 
 // Keys is mdc's NATS trust chain: an operator, the system account, the MDC
 // account all machines and mdc itself use, and the account's signing key

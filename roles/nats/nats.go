@@ -59,6 +59,15 @@ type Node struct {
 	// ResolverDir is where the server keeps account JWTs. Default
 	// /var/lib/nats/jwt.
 	ResolverDir string
+	// SeedFile is where the image put the node's user seed (0600) when it
+	// made the key it reports. Default /var/lib/mdc/nats/user.nk.
+	SeedFile string
+	// CredsFile is the creds file the join hook makes of the user JWT and
+	// the seed, for the node's clients. Default /etc/nats/node.creds.
+	CredsFile string
+	// PidFile is where the join hook keeps nats-server's PID. Default
+	// /run/nats/nats-server.pid.
+	PidFile string
 }
 
 // Config is what the role needs.
@@ -79,6 +88,9 @@ type Config struct {
 	// servers for their routes, and to both to push account updates.
 	URLs []string
 	Node Node
+	// Machines, if set, lists the machines of this role, so that Describe
+	// can name the machine behind each server.
+	Machines func() []machine.Machine
 	// VerifyWait bounds how long Verify collects the servers' answers;
 	// default 2s.
 	VerifyWait time.Duration
@@ -118,6 +130,9 @@ func New(cfg Config) (*Role, error) {
 	n.UserJWTFile = def(n.UserJWTFile, "/etc/nats/user.jwt")
 	n.StoreDir = def(n.StoreDir, "/var/lib/nats/jetstream")
 	n.ResolverDir = def(n.ResolverDir, "/var/lib/nats/jwt")
+	n.SeedFile = def(n.SeedFile, "/var/lib/mdc/nats/user.nk")
+	n.CredsFile = def(n.CredsFile, "/etc/nats/node.creds")
+	n.PidFile = def(n.PidFile, "/run/nats/nats-server.pid")
 	if n.ClientPort == 0 {
 		n.ClientPort = 4222
 	}
@@ -132,7 +147,7 @@ func New(cfg Config) (*Role, error) {
 			return nil, fmt.Errorf("nats role: node host %q is not an IP address", h)
 		}
 	}
-	for _, p := range []string{n.ConfigFile, n.UserJWTFile, n.StoreDir, n.ResolverDir} {
+	for _, p := range []string{n.ConfigFile, n.UserJWTFile, n.StoreDir, n.ResolverDir, n.SeedFile, n.CredsFile, n.PidFile} {
 		if !safePath.MatchString(p) {
 			return nil, fmt.Errorf("nats role: node path %q: want an absolute path of letters, digits, '/', '.', '_' and '-'", p)
 		}
@@ -162,6 +177,9 @@ type roleConfig struct {
 	Cluster     string          `json:"cluster"`
 	ConfigFile  string          `json:"config_file"`
 	UserJWTFile string          `json:"user_jwt_file"`
+	SeedFile    string          `json:"seed_file"`
+	CredsFile   string          `json:"creds_file"`
+	PidFile     string          `json:"pid_file"`
 	ClientURL   string          `json:"client_url"`
 	MonitorURL  string          `json:"monitor_url"`
 	Account     string          `json:"account"`
@@ -232,6 +250,9 @@ func (r *Role) Configure(ctx context.Context, m machine.Machine, report map[stri
 		Cluster:     r.cfg.ClusterName,
 		ConfigFile:  n.ConfigFile,
 		UserJWTFile: n.UserJWTFile,
+		SeedFile:    n.SeedFile,
+		CredsFile:   n.CredsFile,
+		PidFile:     n.PidFile,
 		ClientURL:   "nats://" + net.JoinHostPort(localHost(n.Host), strconv.Itoa(n.ClientPort)),
 		MonitorURL:  "http://" + net.JoinHostPort(localHost(n.MonitorHost), strconv.Itoa(n.HTTPPort)),
 		Account:     r.keys.accountPub,

@@ -28,41 +28,27 @@ import (
 	"github.com/microdc/mdc/api/agentapi"
 	"github.com/microdc/mdc/machine"
 	"github.com/microdc/mdc/roles"
+	"github.com/microdc/mdc/roles/nats/natstest"
 )
 
-var (
-	buildOnce sync.Once
-	natsBin   string
-	buildErr  error
-)
+func natsServerBinary(t *testing.T) string { return natstest.ServerBinary(t) }
 
-// natsServerBinary builds nats-server from the module in go.mod, once per
-// test run, into a cache directory beside Go's build cache.
-func natsServerBinary(t *testing.T) string {
+// keySeeds are the seeds in k's directory.
+func keySeeds(t *testing.T, k *Keys) []string {
 	t.Helper()
-	buildOnce.Do(func() {
-		out, err := exec.Command("go", "env", "GOCACHE").Output()
-		if err != nil {
-			buildErr = fmt.Errorf("go env GOCACHE: %w", err)
-			return
-		}
-		dir := filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), "mdc-tools")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			buildErr = err
-			return
-		}
-		bin := filepath.Join(dir, "nats-server-v2.15.2")
-		cmd := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build nats-server: %v\n%s", err, b)
-			return
-		}
-		natsBin = bin
-	})
-	if buildErr != nil {
-		t.Skipf("cannot build the nats-server binary: %v", buildErr)
+	files, err := filepath.Glob(filepath.Join(k.dir, "*.nk"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no seeds in %s: %v", k.dir, err)
 	}
-	return natsBin
+	var seeds []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seeds = append(seeds, strings.TrimSpace(string(b)))
+	}
+	return seeds
 }
 
 func freePort(t *testing.T) int {
@@ -268,7 +254,10 @@ func TestNodeJoins(t *testing.T) {
 		InProcess:  srv,
 		Node:       node,
 		VerifyWait: time.Second,
-		Logger:     slog.New(slog.NewTextHandler(&roleLog, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Machines: func() []machine.Machine {
+			return []machine.Machine{{ID: "525400123456", Name: "nats-1", Role: RoleName}}
+		},
+		Logger: slog.New(slog.NewTextHandler(&roleLog, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -365,6 +354,23 @@ func TestNodeJoins(t *testing.T) {
 	if prz.Name != "nats-1" || !hasRoute(&prz, "mdc") {
 		t.Errorf("process /routez: name %q routes %+v", prz.Name, prz.Routes)
 	}
+
+	// mdc roles show: the node is a member, named by its machine, and
+	// nothing secret is shown.
+	st, err := role.Describe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Members) != 1 || st.Members[0].Machine != m.ID || !strings.Contains(st.Members[0].Detail, "nats-1") {
+		t.Errorf("Describe members %+v, want %s (nats-1)", st.Members, m.ID)
+	}
+	shown, _ := json.Marshal(st)
+	for _, secret := range append(keySeeds(t, keys), keys.routePassword, nodeSeed) {
+		if strings.Contains(string(shown), secret) {
+			t.Errorf("Describe shows a secret: %s", shown)
+		}
+	}
+	t.Logf("Describe: %s", st.Summary)
 
 	if err := role.Verify(ctx, m, map[string]string{EvidenceServerName: "someone-else"}); err == nil || errors.Is(err, roles.ErrNotYet) {
 		t.Errorf("Verify with another server_name = %v, want a reason", err)
