@@ -472,24 +472,31 @@ func (s *Server) agentBooted(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) roleConfig(ctx context.Context, b agentBoot, report map[string]string) (agentapi.RoleConfig, error) {
-	m := b.m
-	m.Image = b.image
-	var c agentapi.RoleConfig
-	if p := s.agentCfg().Policy; p != nil {
-		var err error
-		if c, err = p.RoleConfig(m, b.role); err != nil {
-			return c, err
-		}
-	} else {
-		c = agentapi.RoleConfig{Machine: m.ID, Name: m.Name, Role: b.role, Image: b.image,
-			Join: agentapi.Join{Hook: "/etc/mdc/join", TimeoutSeconds: 600}, Config: []byte("{}"), HeartbeatSeconds: 30}
+	c, err := s.policyConfig(b)
+	if err != nil {
+		return c, err
 	}
 	if rs := s.agentCfg().Roles; rs != nil {
+		m := b.m
+		m.Image = b.image
 		if err := rs.Configure(ctx, m, b.role, report, &c); err != nil {
 			return c, err
 		}
 	}
 	return c, nil
+}
+
+// policyConfig is the policy's part of b's role configuration. The roles'
+// part mints secrets and needs the node's report: joined checks only the
+// policy's evidence here, and the role's Verify judges its own.
+func (s *Server) policyConfig(b agentBoot) (agentapi.RoleConfig, error) {
+	m := b.m
+	m.Image = b.image
+	if p := s.agentCfg().Policy; p != nil {
+		return p.RoleConfig(m, b.role)
+	}
+	return agentapi.RoleConfig{Machine: m.ID, Name: m.Name, Role: b.role, Image: b.image,
+		Join: agentapi.Join{Hook: "/etc/mdc/join", TimeoutSeconds: 600}, Config: []byte("{}"), HeartbeatSeconds: 30}, nil
 }
 
 // Bounds of what a node reports with GET config (query parameters).
@@ -567,7 +574,7 @@ func (s *Server) agentJoined(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	c, err := s.roleConfig(r.Context(), b, nil)
+	c, err := s.policyConfig(b)
 	if err != nil {
 		s.fail(w, r, err)
 		return

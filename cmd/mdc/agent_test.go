@@ -105,33 +105,12 @@ roles:
 		t.Fatal(err)
 	}
 	url, _ := serveInProcess(t, dataDir, "--role-policy", pol, "--agent-heartbeat", "1s")
-	img := t.TempDir()
-	for _, f := range []string{"bzImage", "initrd"} {
-		if err := os.WriteFile(filepath.Join(img, f), []byte("not really a "+f), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, args := range [][]string{
-		{"--name", "commissioning", "--role", "commissioning"},
-		{"--name", "test-1", "--role", "test"},
-	} {
-		if _, err := mdc(t, url, dataDir, append([]string{"images", "import", "--kernel", filepath.Join(img, "bzImage"),
-			"--initrd", filepath.Join(img, "initrd"), "--cmdline", "console=ttyS0"}, args...)...); err != nil {
-			t.Fatal(err)
-		}
-	}
+	importTestImages(t, url, dataDir, "commissioning", "test")
 	mac := "52:54:00:a6:00:01"
 	id := machine.MustParseID(mac)
-
-	// Commissioning: the agent reports and is told to reboot.
-	args1 := bootArgs(t, url, mac, "commissioning")
-	root := agentRoot(t, args1)
-	out, code := runAgent(t, bin, root, 30*time.Second)
-	if code != 0 || !strings.Contains(out, "mdc says reboot") || !strings.Contains(out, "dry run: not doing reboot") {
-		t.Fatalf("commissioning agent: exit %d\n%s", code, out)
-	}
+	root := commission(t, url, bin, mac, "test")
 	m := getJSON[machine.Machine](t, url+"/api/v1/machines/"+string(id), "")
-	if m.State != machine.Provisioning || m.Role != "test" || m.Facts == nil || m.Facts.MemoryBytes != 1<<30 ||
+	if m.Facts == nil || m.Facts.MemoryBytes != 1<<30 ||
 		len(m.Facts.Disks) != 2 || m.Facts.Disks[0].SizeBytes != 4<<30 || m.Facts.BootMode != "uefi" || m.Facts.CPUs != 2 {
 		t.Fatalf("after commissioning: %+v facts %+v", m, m.Facts)
 	}
@@ -188,10 +167,49 @@ roles:
 	}
 
 	// The commissioning boot's token, shown again: refused, exit status 3.
-	out, code = runAgent(t, bin, root, 30*time.Second)
+	out, code := runAgent(t, bin, root, 30*time.Second)
 	if code != 3 || !strings.Contains(out, "stale_token") {
 		t.Fatalf("an earlier boot's token: exit %d\n%s", code, out)
 	}
+}
+
+// importTestImages imports a stand-in image (kernel and initrd that are
+// not really ones) for each role, named after it: the agent API needs an
+// image to boot, never its content.
+func importTestImages(t *testing.T, url, dataDir string, roles ...string) {
+	t.Helper()
+	img := t.TempDir()
+	for _, f := range []string{"bzImage", "initrd"} {
+		if err := os.WriteFile(filepath.Join(img, f), []byte("not really a "+f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, role := range roles {
+		name := role
+		if role != "commissioning" {
+			name = role + "-1"
+		}
+		if _, err := mdc(t, url, dataDir, "images", "import", "--kernel", filepath.Join(img, "bzImage"),
+			"--initrd", filepath.Join(img, "initrd"), "--cmdline", "console=ttyS0", "--name", name, "--role", role); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// commission runs the agent's commissioning boot of mac, which the policy
+// must give role, and returns that boot's agent root.
+func commission(t *testing.T, url, bin, mac, role string) string {
+	t.Helper()
+	root := agentRoot(t, bootArgs(t, url, mac, "commissioning"))
+	out, code := runAgent(t, bin, root, 30*time.Second)
+	if code != 0 || !strings.Contains(out, "mdc says reboot") || !strings.Contains(out, "dry run: not doing reboot") {
+		t.Fatalf("commissioning agent: exit %d\n%s", code, out)
+	}
+	m := getJSON[machine.Machine](t, url+"/api/v1/machines/"+string(machine.MustParseID(mac)), "")
+	if m.State != machine.Provisioning || m.Role != role {
+		t.Fatalf("after commissioning: %s, role %q; want provisioning, role %s", m.State, m.Role, role)
+	}
+	return root
 }
 
 func hasInterp(f *elf.File) bool {

@@ -91,7 +91,7 @@ type Member struct {
 	Cluster string
 	// Clients, if set, is a client listener (host:port) for machines
 	// connecting with the credentials mdc minted for them. Empty: no
-	// client listener (mdc connects in-process).
+	// client listener but a random one on loopback (mdc connects in-process).
 	Clients     string
 	ClusterName string // default "mdc"
 	Logger      server.Logger
@@ -117,13 +117,15 @@ func (k *Keys) StartMember(m Member) (*server.Server, error) {
 		return nil, fmt.Errorf("nats cluster listener: %w", err)
 	}
 	l.Close()
-	o := &server.Options{ServerName: "mdc", NoSigs: true, DontListen: true}
+	// Without a client listener nats-server never starts routing (it waits
+	// for the accept loop): take a random loopback port then.
+	o := &server.Options{ServerName: "mdc", NoSigs: true, Host: "127.0.0.1", Port: -1}
 	if m.Clients != "" {
 		h, p, err := splitHostPort(m.Clients)
 		if err != nil {
 			return nil, fmt.Errorf("nats client listener %q: %w", m.Clients, err)
 		}
-		o.Host, o.Port, o.DontListen = h, p, false
+		o.Host, o.Port = h, p
 	}
 	if err := k.EmbeddedOptions(o, Embedded{ResolverDir: filepath.Join(m.Dir, "jwt"), ClusterHost: host, ClusterPort: port, ClusterName: m.ClusterName}); err != nil {
 		return nil, err

@@ -35,8 +35,9 @@ monitor=$(get .monitor_url)
 umask 077
 [ -s "$seedf" ] || { echo "join: no user seed in $seedf: the image makes it with the key it reports" >&2; exit 1; }
 mkdir -p "$(dirname "$creds")" "$(dirname "$pidf")"
-read -r jwt <"$jwtf"
-read -r seed <"$seedf"
+# read fails on a last line without a newline; the value is still read.
+read -r jwt <"$jwtf" || [ -n "$jwt" ]
+read -r seed <"$seedf" || [ -n "$seed" ]
 printf -- '-----BEGIN NATS USER JWT-----\n%s\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY SEED------\n' \
 	"$jwt" "$seed" >"$creds.tmp"
 mv "$creds.tmp" "$creds"
