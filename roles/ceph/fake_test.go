@@ -210,6 +210,13 @@ func (f *fakeCluster) mon(cmd map[string]any, in []byte) ([]byte, error) {
 	case "config-key set":
 		f.kv[key] = cmd["val"].(string)
 		return nil, nil
+	case "config-key ls":
+		keys := make([]string, 0, len(f.kv))
+		for k := range f.kv {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		return json.Marshal(keys)
 	case "config-key rm":
 		delete(f.kv, key)
 		return nil, nil

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -323,6 +324,22 @@ func TestJoinVerifyRetire(t *testing.T) {
 	if s := states[o.ID]; !s.up || !s.in || s.parent != HostName(m) {
 		t.Fatalf("osd.%d: %+v", o.ID, s)
 	}
+	// Describe (mdc roles show ceph-osd) sees it too, and no key.
+	ds, err := r.Describe(context.Background())
+	if err != nil {
+		t.Fatalf("Describe: %v", err)
+	}
+	want := fmt.Sprintf("host %s: osd.%d vdb (up, in)", HostName(m), o.ID)
+	if ds.Settings["fsid"] != fsidOf(minimal) || ds.Settings["mon_host"] == "" ||
+		!slices.ContainsFunc(ds.Members, func(x roles.Member) bool { return x.Machine == m.ID && x.Detail == want }) {
+		t.Fatalf("Describe = %+v, want the fsid, the mons and member %s %q", ds, m.ID, want)
+	}
+	kr, _ := os.ReadFile(n.path(o.Keyring))
+	_, key, _ := strings.Cut(string(kr), "key = ")
+	if js, _ := json.Marshal(ds); strings.TrimSpace(key) == "" || strings.Contains(string(js), strings.TrimSpace(key)) {
+		t.Fatalf("Describe shows osd.%d's key: %s", o.ID, js)
+	}
+	t.Logf("Describe: %s", ds.Summary)
 
 	// Retire while the node still runs it: out, but not purged (the first
 	// answers may be that data is still moving).

@@ -49,7 +49,7 @@ func (r *Role) Describe(ctx context.Context) (roles.Status, error) {
 		st.Members = append(st.Members, roles.Member{Machine: id,
 			Detail: "server " + s.name + ", " + strconv.Itoa(s.routes) + " routes"})
 	}
-	st.Summary = fmt.Sprintf("NATS cluster %q: %d servers answer, %d of them nodes mdc configured", r.cfg.ClusterName, len(servers), nodes)
+	st.Summary = fmt.Sprintf("NATS cluster %q: %d nodes mdc configured, %d servers in all (mdc's member included)", r.cfg.ClusterName, nodes, len(servers))
 	return st, nil
 }
 
