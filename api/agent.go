@@ -23,6 +23,7 @@ import (
 
 	"github.com/microdc/mdc/api/agentapi"
 	"github.com/microdc/mdc/machine"
+	"github.com/microdc/mdc/roles"
 )
 
 // AgentConfig is the agent API's part of Config.
@@ -69,7 +70,8 @@ type Roles interface {
 	// run leaves c as it is.
 	Configure(ctx context.Context, m machine.Machine, role string, report map[string]string, c *agentapi.RoleConfig) error
 	// Verify says whether the role's cluster confirms the node; false with
-	// a nil error: not yet. An error is why the join failed.
+	// a nil error, or an error wrapping roles.ErrNotYet (which says why):
+	// not yet. Any other error is why the join failed.
 	Verify(ctx context.Context, m machine.Machine, role string, evidence map[string]string) (bool, error)
 }
 
@@ -99,7 +101,8 @@ const (
 type agentState struct {
 	mu        sync.Mutex
 	boots     map[machine.ID]bootInfo
-	verifying map[string]bool // boot starts (event ids) whose join is being confirmed
+	verifying map[string]bool           // boot starts (event ids) whose join is being confirmed
+	joins     map[machine.ID]*joinEntry // join.go
 }
 
 // bootInfo is what a machine's history says about its boots.
@@ -545,6 +548,7 @@ func (s *Server) agentConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.heard(r, b, agentapi.Heartbeat{Phase: agentapi.PhaseConfiguring})
+	s.joinConfigured(b)
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, c)
 }
@@ -591,8 +595,13 @@ func (s *Server) agentJoined(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.agentCfg().Timeout)
 	defer cancel()
+	s.joinReported(b)
 	if rs := s.agentCfg().Roles; rs != nil {
 		ok, err := rs.Verify(ctx, b.m, b.role, d.Evidence)
+		s.joinChecked(b, ok, err)
+		if errors.Is(err, roles.ErrNotYet) {
+			ok, err = false, nil
+		}
 		switch {
 		case err != nil:
 			m, ev, ferr := s.joinFailed(ctx, b, err)
@@ -610,6 +619,8 @@ func (s *Server) agentJoined(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, agentapi.Recorded{State: m.State})
 			return
 		}
+	} else {
+		s.joinChecked(b, true, nil) // no cluster to ask: the node's word
 	}
 	m, ev, err := s.recordOnce(ctx, b, machine.Joined, agentSource, func(machine.Machine) (any, error) { return d, nil })
 	if err != nil {
@@ -775,6 +786,10 @@ func (s *Server) verifyLater(b agentBoot, d machine.JoinedData) {
 			}
 			ctx, cancel := context.WithTimeout(s.feeds, s.agentCfg().Timeout)
 			confirmed, verr := s.cfg.Agent.Roles.Verify(ctx, m, b.role, d.Evidence)
+			s.joinChecked(b, confirmed, verr)
+			if errors.Is(verr, roles.ErrNotYet) {
+				confirmed, verr = false, nil
+			}
 			var err error
 			switch {
 			case verr != nil:

@@ -27,6 +27,7 @@ type agentFixture struct {
 	srv    *httptest.Server
 	store  *events.Store
 	engine *policy.Engine
+	api    *Server
 }
 
 // newAgentInstance runs a store, a policy engine and the API on nc, as one
@@ -67,7 +68,7 @@ func newAgentInstance(t testing.TB, ctx context.Context, nc *nats.Conn, policyYA
 		cancel()
 		wg.Wait()
 	})
-	return &agentFixture{srv: srv, store: store, engine: engine}
+	return &agentFixture{srv: srv, store: store, engine: engine, api: s}
 }
 
 func newAgentFixture(t testing.TB, policyYAML string, opts ...func(*AgentConfig)) *agentFixture {

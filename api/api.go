@@ -58,6 +58,9 @@ type Config struct {
 	// BMCs enrols and powers machines with a BMC (power.go); nil: those
 	// routes answer 503.
 	BMCs BMCs
+	// RoleStatus describes the roles mdc runs (roles.go); nil: the roles
+	// routes know only the roles machines carry, none with a cluster.
+	RoleStatus RoleStatus
 }
 
 // Server is the HTTP API.
@@ -120,6 +123,8 @@ func routes() []route {
 		{"POST", "/api/v1/agent/heartbeat", agent, (*Server).agentHeartbeat},
 		{"GET", "/api/v1/inventory/status", read, (*Server).inventoryStatus},
 		{"POST", "/api/v1/inventory/resync", write, (*Server).inventoryResync},
+		{"GET", "/api/v1/roles", read, (*Server).listRoles},
+		{"GET", "/api/v1/roles/{name}", read, (*Server).getRole},
 	}
 }
 

@@ -31,6 +31,13 @@ type MachineList struct {
 	Count    int               `json:"count"`
 }
 
+// MachineDetail is the answer to GET /api/v1/machines/{id}: the machine,
+// and how its current role boot joins its cluster (join.go).
+type MachineDetail struct {
+	machine.Machine
+	Join *JoinStatus `json:"join,omitempty"`
+}
+
 // EventList is the answer to GET /api/v1/machines/{id}/events.
 type EventList struct {
 	Events []machine.Event `json:"events"`
@@ -112,7 +119,7 @@ func (s *Server) known(w http.ResponseWriter, r *http.Request) (machine.Machine,
 
 func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) {
 	if m, ok := s.known(w, r); ok {
-		writeJSON(w, http.StatusOK, m)
+		writeJSON(w, http.StatusOK, MachineDetail{Machine: m, Join: s.joinOf(m)})
 	}
 }
 

@@ -213,7 +213,7 @@ func machinesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		}
 		return printMachines(stdout, list.Machines)
 	case "show":
-		var m machine.Machine
+		var m api.MachineDetail
 		if err := c.call(ctx, "GET", "/api/v1/machines/"+string(id), nil, &m); err != nil {
 			return err
 		}
@@ -396,7 +396,8 @@ func printMachines(w io.Writer, ms []machine.Machine) error {
 	return tw.Flush()
 }
 
-func printMachine(w io.Writer, m machine.Machine, evs []machine.Event) error {
+func printMachine(w io.Writer, md api.MachineDetail, evs []machine.Event) error {
+	m := md.Machine
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	row := func(k, v string) {
 		if v != "" {
@@ -410,6 +411,7 @@ func printMachine(w io.Writer, m machine.Machine, evs []machine.Event) error {
 	row("Role", m.Role)
 	row("Image", m.Image)
 	row("Arch", m.Arch)
+	row("Join", joinText(md.Join))
 	if m.Failure != nil {
 		row("Failure", fmt.Sprintf("%s (in %s, %s)", m.Failure.Reason, m.Failure.In, m.Failure.At.Local().Format(time.DateTime)))
 	}

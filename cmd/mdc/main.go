@@ -64,6 +64,8 @@ Usage:
   mdc enroll   --bmc URL --bmc-user U --bmc-password-file F [--mac M] [--name N] [--role R] [--wait]
   mdc power    on|off|cycle|soft|status ID
   mdc inventory status | resync          NetBox's lag behind the event log; replay it into NetBox
+  mdc roles    list                    the roles, their clusters, their machines by state
+  mdc roles    show NAME               a role's settings, members and machines, with each one's join
   mdc version
 
 Client flags (every command but serve):
@@ -101,6 +103,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return powerCmd(ctx, rest, stdout, stderr, getenv)
 	case "inventory":
 		return inventoryCmd(ctx, rest, stdout, stderr, getenv)
+	case "roles":
+		return rolesCmd(ctx, rest, stdout, stderr, getenv)
 	case "version":
 		return versionCmd(ctx, rest, stdout, stderr, getenv)
 	case "help", "-h", "--help":
@@ -110,7 +114,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	return usagef("unknown command %q (run mdc help)", cmd)
 }
 
-var commands = []string{"serve", "machines", "events", "images", "enroll", "power", "inventory", "version", "help"}
+var commands = []string{"serve", "machines", "events", "images", "enroll", "power", "inventory", "roles", "version", "help"}
 
 // commandFirst lets flags stand before the command (mdc --server URL
 // machines list) by moving the first command word to the front.

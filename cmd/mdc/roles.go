@@ -158,7 +158,7 @@ func (r *roleSide) Verify(ctx context.Context, m machine.Machine, role string, e
 	}
 	err := x.Verify(ctx, m, evidence)
 	if errors.Is(err, roles.ErrNotYet) {
-		return false, nil
+		return false, err // not yet; the error is the cluster's reason
 	}
 	return err == nil, err
 }

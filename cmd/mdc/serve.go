@@ -232,7 +232,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	apiServer := api.New(api.Config{
 		Machines: store, Token: token, Reads: c.readAccess, Registry: reg, Gatherer: reg, Logger: log, Version: version,
 		Images: imgs, Blobs: imgs.blobHandler(blob.OnServed(nb.rec.BlobServed)), Inventory: invSide.api(),
-		Agent: agentCfg, BMCs: bmcSide,
+		Agent: agentCfg, BMCs: bmcSide, RoleStatus: roleSide.status(c.agent.policy),
 	})
 	nb.mount(apiServer.Mount)
 	httpServer := &http.Server{
