@@ -70,7 +70,7 @@ else
 	exit 1
 fi
 
-mapfile -t scripts < <(find nix -name '*.sh' | sort)
+mapfile -t scripts < <({ find nix -name '*.sh'; ls roles/*/join.sh; } | sort)
 for s in "${scripts[@]}"; do
 	if bash -n "$s" && shellcheck --shell=bash "$s"; then
 		echo "check-nix: shell ok  $s"
