@@ -8,10 +8,13 @@
     runtimeInputs = with pkgs; [
       kubo
       jq
+      curl
+      iproute2
       coreutils
-      systemd
+      util-linux # setsid
     ];
-    text = builtins.readFile ./ipfs-join.sh;
+    # The hook the tests run against real kubo daemons (roles/ipfs).
+    text = builtins.readFile ../../roles/ipfs/join.sh;
   };
 
   environment.systemPackages = [ pkgs.kubo ];
