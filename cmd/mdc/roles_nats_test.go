@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -21,7 +22,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/microdc/mdc/api/agentapi"
+	"github.com/microdc/mdc/events/eventstest"
 	"github.com/microdc/mdc/machine"
+	"github.com/microdc/mdc/roles"
 	"github.com/microdc/mdc/roles/nats/natstest"
 )
 
@@ -240,4 +244,98 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A machine of any role that reports a public nkey gets a user JWT for it
+// and the member's client URL; with them it may publish its own subjects
+// only, until it is retired. A malformed key is the node's error (400).
+func TestMachineNATSCredentialsAnyRole(t *testing.T) {
+	fx := eventstest.Start(t)
+	f, err := (&roleFlags{natsCluster: "127.0.0.1:" + strconv.Itoa(freeTCPPort(t)), natsClients: "127.0.0.1:0",
+		natsClusterName: "mdc", natsNodeHost: "127.0.0.1", natsNodePorts: "4222,6222,8222"}).config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := newRoleSide(context.Background(), f, t.TempDir(), fx.Store, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.close()
+	m := machine.Machine{ID: "525400a60077", Role: "test"}
+
+	var bad agentapi.RoleConfig
+	err = rs.Configure(context.Background(), m, "test", map[string]string{"nkey": "SUAM-not-a-key"}, &bad)
+	if !errors.Is(err, roles.ErrBadReport) || strings.Contains(err.Error(), "SUAM") {
+		t.Fatalf("bad nkey: %v, want ErrBadReport without the value", err)
+	}
+	var none agentapi.RoleConfig
+	if err := rs.Configure(context.Background(), m, "test", nil, &none); err != nil || len(none.Files) != 0 {
+		t.Fatalf("no nkey reported: %v, files %+v; want nothing minted", err, none.Files)
+	}
+
+	kp, _ := nkeys.CreateUser()
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	var c agentapi.RoleConfig
+	if err := rs.Configure(context.Background(), m, "test", map[string]string{"nkey": pub}, &c); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]agentapi.File{}
+	for _, f := range c.Files {
+		files[f.Path] = f
+	}
+	jwtFile, servers := files[machineNATSJWT], files[machineNATSServers]
+	if jwtFile.Mode != "0600" || servers.Content == "" {
+		t.Fatalf("files %+v, want %s (0600) and %s", c.Files, machineNATSJWT, machineNATSServers)
+	}
+	url := strings.TrimSpace(servers.Content)
+	connect := func() (*nats.Conn, chan string, error) {
+		denied := make(chan string, 4)
+		nc, err := nats.Connect(url, nats.UserJWTAndSeed(strings.TrimSpace(jwtFile.Content), string(seed)), nats.NoReconnect(),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied <- err.Error() }))
+		return nc, denied, err
+	}
+	nc, denied, err := connect()
+	if err != nil {
+		t.Fatalf("the machine's credentials at %s: %v", url, err)
+	}
+	defer nc.Close()
+	if err := nc.Publish("mdc.machine.525400a60077.heartbeat", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish("mdc.boot.525400a60077.dhcp_acked", nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-denied:
+		if !strings.Contains(e, "mdc.boot.525400a60077") {
+			t.Errorf("refusal %q does not name the subject", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("publishing outside the machine's subjects was not refused")
+	}
+	if err := nc.FlushTimeout(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-denied:
+		t.Errorf("its own subject was refused too: %s", e)
+	default:
+	}
+
+	if err := rs.nats.RevokeMachine(context.Background(), m.ID); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, _, err := connect()
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("revoked credentials still connect after 10s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -122,10 +123,13 @@ func (k *Keys) StartMember(m Member) (*server.Server, error) {
 	o := &server.Options{ServerName: "mdc", NoSigs: true, Host: "127.0.0.1", Port: -1}
 	if m.Clients != "" {
 		h, p, err := splitHostPort(m.Clients)
+		if strings.HasSuffix(m.Clients, ":0") {
+			h, p, err = strings.TrimSuffix(m.Clients, ":0"), -1, nil // any free port (nats-server reads 0 as 4222)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("nats client listener %q: %w", m.Clients, err)
 		}
-		o.Host, o.Port = h, p
+		o.Host, o.Port = strings.Trim(h, "[]"), p
 	}
 	if err := k.EmbeddedOptions(o, Embedded{ResolverDir: filepath.Join(m.Dir, "jwt"), ClusterHost: host, ClusterPort: port, ClusterName: m.ClusterName}); err != nil {
 		return nil, err
