@@ -1,5 +1,5 @@
 # Role ceph-osd: the node's data disks become OSDs of the cluster mdc names.
-# The cluster's fsid, monitors and bootstrap-osd key come at join time from
+# The cluster's fsid, monitors and each OSD's own key come at join time from
 # mdc (role configuration), never from the image.
 { config, pkgs, ... }:
 {
@@ -8,12 +8,13 @@
     name = "mdc-join-ceph-osd";
     runtimeInputs = with pkgs; [
       ceph
-      lvm2
       jq
       coreutils
-      systemd
+      gnused
+      util-linux # blkid, setsid
     ];
-    text = builtins.readFile ./ceph-osd-join.sh;
+    # The hook the tests run against a real Ceph cluster (roles/ceph).
+    text = builtins.readFile ../../roles/ceph/join.sh;
   };
 
   environment.systemPackages = [

@@ -112,12 +112,15 @@ func (n *node) path(p string) string { return filepath.Join(n.root, p) }
 // the OSD's keyring.
 func (n *node) args(o JoinOSD) []string {
 	d := n.path("/var/lib/ceph/osd/ceph-" + strconv.Itoa(o.ID))
-	return []string{"--conf", n.path(n.jc.Conf), "-i", strconv.Itoa(o.ID), "--keyring", n.path(o.Keyring),
-		"--osd-data", d, "--osd-objectstore", "memstore", "--memstore-device-bytes", strconv.Itoa(256 << 20),
-		"--run-dir", n.path("/run/ceph"), "--log-file", n.path("/var/log/ceph/osd.log"), "--crash-dir", n.path("/var/lib/ceph/crash"),
-		"--pid-file", n.path("/run/ceph/osd.pid"), "--public-addr", "127.0.0.1", "--cluster-addr", "127.0.0.1",
-		"--osd-mon-shutdown-timeout", "1", "--osd-op-num-shards", "2", "--osd-op-num-threads-per-shard", "1"}
+	return append([]string{"--conf", n.path(n.jc.Conf), "-i", strconv.Itoa(o.ID), "--keyring", n.path(o.Keyring),
+		"--osd-data", d, "--run-dir", n.path("/run/ceph"), "--log-file", n.path("/var/log/ceph/osd.log"),
+		"--crash-dir", n.path("/var/lib/ceph/crash"), "--pid-file", n.path("/run/ceph/osd.pid")}, testOSDArgs...)
 }
+
+// testOSDArgs make a node's OSD fit a test: in memory, on loopback, small.
+var testOSDArgs = []string{"--osd-objectstore", "memstore", "--memstore-device-bytes", strconv.Itoa(256 << 20),
+	"--public-addr", "127.0.0.1", "--cluster-addr", "127.0.0.1",
+	"--osd-mon-shutdown-timeout", "1", "--osd-op-num-shards", "2", "--osd-op-num-threads-per-shard", "1"}
 
 // cephEnv drops the variables libceph reads in every process, so the node's
 // ceph-osd sees only what it is given.
@@ -461,5 +464,87 @@ func TestRevokedKey(t *testing.T) {
 	}
 	if treeHas(t, r, name) {
 		t.Fatalf("%s left in the tree", name)
+	}
+}
+
+// TestJoinHook runs join.sh, the hook the role image carries, as mdc-agent
+// would, with what Configure served: the OSD it makes and starts is
+// confirmed by Verify with the evidence the hook printed, and running the
+// hook again (an agent retrying) changes nothing.
+func TestJoinHook(t *testing.T) {
+	for _, tool := range []string{"jq", "sha256sum", "setsid", "blkid"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("the join hook needs %s (hack/install-deps.sh installs it)", tool)
+		}
+	}
+	r := newTestRole(t, time.Minute)
+	m := testMachine(t)
+	n := configure(t, r, m)
+	t.Cleanup(func() { retire(t, r, m) })
+	o := n.jc.OSDs[0]
+	pidFile := n.path(fmt.Sprintf("/run/ceph/osd.%d.pid", o.ID))
+	t.Cleanup(func() { stopPidFile(pidFile) }) // before the retire above
+	cfg := n.path("/run/mdc/role-config.json")
+	if err := os.MkdirAll(filepath.Dir(cfg), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, n.rc.Config, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func() map[string]string {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		cmd := exec.Command("sh", "join.sh", cfg)
+		cmd.Env = append(cephEnv(), "MDC_CEPH_ROOT="+n.root, "MDC_CEPH_OSD_ARGS="+strings.Join(testOSDArgs, " "))
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		t0 := time.Now()
+		if err := cmd.Run(); err != nil {
+			log, _ := os.ReadFile(n.path(fmt.Sprintf("/var/log/ceph/osd.%d.out", o.ID)))
+			t.Fatalf("join.sh: %v\n%s\n%s\nosd output:\n%s", err, &stdout, &stderr, log)
+		}
+		t.Logf("join.sh ran in %v", time.Since(t0).Round(time.Millisecond))
+		lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+		ev := map[string]string{}
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &ev); err != nil {
+			t.Fatalf("join.sh evidence %q: %v", lines[len(lines)-1], err)
+		}
+		return ev
+	}
+	ev := run()
+	if want := n.evidence(); ev[EvidenceKey(o.ID)] == "" || ev[EvidenceKey(o.ID)] != want[EvidenceKey(o.ID)] {
+		t.Fatalf("hook evidence %v, want the served key's fingerprint %v", ev, want)
+	}
+	err, took := waitVerify(t, r, m, ev, 90*time.Second)
+	if err != nil {
+		t.Fatalf("Verify after join.sh (%s): %v", took, err)
+	}
+	t.Logf("joined: Verify nil %s after join.sh", took.Round(time.Millisecond))
+	pid, _ := os.ReadFile(pidFile)
+	if again := run(); again[EvidenceKey(o.ID)] != ev[EvidenceKey(o.ID)] {
+		t.Fatalf("second run evidence %v, first %v", again, ev)
+	}
+	if pid2, _ := os.ReadFile(pidFile); string(pid2) != string(pid) {
+		t.Fatalf("second run restarted osd.%d (pid %s, then %s)", o.ID, pid, pid2)
+	}
+}
+
+// stopPidFile stops the process a hook started (not the test's child), by
+// the PID it wrote, and waits up to 15 s for it to go.
+func stopPidFile(path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	for i := 0; i < 150 && p.Signal(syscall.Signal(0)) == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
 	}
 }
