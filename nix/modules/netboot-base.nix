@@ -112,7 +112,30 @@ in
         # Role configuration (keys, swarm secrets) lives here, in RAM only.
         RuntimeDirectory = "mdc";
         RuntimeDirectoryMode = "0700";
+        # Kept across the agent's restarts: report.json, made once per boot
+        # before the agent (mdc-nats-key), must outlive a crash of it.
+        RuntimeDirectoryPreserve = "restart";
       };
+    };
+
+    # Every machine gets NATS credentials of its own from mdc: its user
+    # nkey is made here, the seed stays on the node, and the agent reports
+    # the public key (/run/mdc/report.json) with its configuration request.
+    systemd.services.mdc-nats-key = {
+      description = "Make this node's NATS user key for mdc";
+      wantedBy = [ "mdc-agent.service" ];
+      before = [ "mdc-agent.service" ];
+      unitConfig.ConditionKernelCommandLine = "mdc.url";
+      path = with pkgs; [
+        nkeys # nk
+        jq
+        coreutils
+      ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+      };
+      script = builtins.readFile ./nats-key.sh;
     };
 
     systemd.network.wait-online.anyInterface = true;

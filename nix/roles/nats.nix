@@ -1,7 +1,7 @@
 # Role nats: a nats-server that joins the cluster mdc names. The server
 # configuration, routes and the node's user JWT come at join time from mdc,
-# never from the image; the node's key is made on the node (nats-key.sh)
-# and only its public half leaves it.
+# never from the image; the node's key is made on the node (every image's
+# mdc-nats-key.service) and only its public half leaves it.
 { pkgs, ... }:
 {
   mdc.image.role = "nats";
@@ -16,22 +16,6 @@
     ];
     # The hook the tests run against a real nats-server (cmd/mdc).
     text = builtins.readFile ../../roles/nats/join.sh;
-  };
-
-  systemd.services.mdc-nats-key = {
-    description = "Make this node's NATS user key for mdc";
-    wantedBy = [ "mdc-agent.service" ];
-    before = [ "mdc-agent.service" ];
-    path = with pkgs; [
-      nkeys # nk
-      jq
-      coreutils
-    ];
-    serviceConfig = {
-      Type = "oneshot";
-      RemainAfterExit = true;
-    };
-    script = builtins.readFile ./nats-key.sh;
   };
 
   environment.systemPackages = [ pkgs.nats-server ];
