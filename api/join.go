@@ -22,6 +22,7 @@ const (
 	JoinConfirmed   = "confirmed"   // the cluster confirmed the node (this mdc asked)
 	JoinFailed      = "failed"      // the cluster refused the node, or the join timed out
 	JoinJoined      = "joined"      // the machine is joined; this mdc did not see the join
+	JoinNodesWord   = "reported"    // the node says it joined; its role has no cluster to ask
 )
 
 // JoinStatus is how the current role boot of a machine joins its
@@ -113,6 +114,11 @@ func (s *Server) joinChecked(b agentBoot, confirmed bool, err error) {
 			j.State, j.Reason = JoinWaiting, notYetReason(err)
 		case err != nil:
 			j.State, j.Reason = JoinFailed, clipText(err.Error())
+		case confirmed && !s.hasCluster(j.Role):
+			j.State, j.Reason = JoinNodesWord, ""
+			if j.ConfirmedAt.IsZero() {
+				j.ConfirmedAt = now
+			}
 		case confirmed:
 			j.State, j.Reason = JoinConfirmed, ""
 			if j.ConfirmedAt.IsZero() {
@@ -144,7 +150,7 @@ func (s *Server) joinOf(m machine.Machine) *JoinStatus {
 	s.agent.mu.Unlock()
 	switch {
 	case e != nil && m.BootToken != "" && e.boot == m.BootToken:
-		if m.State == machine.StJoined && j.State != JoinConfirmed {
+		if m.State == machine.StJoined && j.State != JoinConfirmed && j.State != JoinNodesWord {
 			j.State, j.Reason = JoinJoined, "" // confirmed by another mdc
 		}
 		return &j
@@ -157,4 +163,19 @@ func (s *Server) joinOf(m machine.Machine) *JoinStatus {
 		return &JoinStatus{State: JoinJoined, Role: m.Role}
 	}
 	return nil
+}
+
+// hasCluster says whether mdc runs role's side (a cluster that confirms
+// joins). Without RoleStatus it cannot tell, and says yes.
+func (s *Server) hasCluster(role string) bool {
+	rs := s.cfg.RoleStatus
+	if rs == nil {
+		return true
+	}
+	for _, n := range rs.Names() {
+		if n == role {
+			return true
+		}
+	}
+	return false
 }

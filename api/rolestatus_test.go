@@ -216,3 +216,21 @@ func TestJoinStatus(t *testing.T) {
 		}
 	}
 }
+
+// A role mdc runs no cluster for (test) is joined at the node's word, and
+// the join says so rather than claiming a cluster confirmed it.
+func TestJoinNodesWord(t *testing.T) {
+	f := newAgentFixture(t, testPolicy)
+	f.api.cfg.RoleStatus = fakeRoleStatus{} // runs ipfs only
+	id := machine.MustParseID("52:54:00:c1:00:09")
+	tok := f.toRoleBoot(t, id)
+	var rec agentapi.Recorded
+	f.ok(t, "POST", agentapi.PathJoined, id, tok, `{"evidence":{"kernel":"6.1.0-test","hook":"test"}}`, &rec)
+	if rec.State != machine.StJoined {
+		t.Fatalf("state %s, want joined at the node's word", rec.State)
+	}
+	_, m := getAs[MachineDetail](t, f.srv.URL+"/api/v1/machines/"+string(id))
+	if j := m.Join; j == nil || j.State != JoinNodesWord || j.Role != "test" || j.ConfirmedAt.IsZero() {
+		t.Errorf("join %+v, want reported (no cluster to ask)", m.Join)
+	}
+}

@@ -219,6 +219,8 @@ func joinText(j *api.JoinStatus) string {
 		return s
 	case api.JoinConfirmed:
 		return "confirmed by the cluster " + clock(j.ConfirmedAt)
+	case api.JoinNodesWord:
+		return "reported by the node " + clock(j.ConfirmedAt) + " (role " + j.Role + " has no cluster to ask)"
 	case api.JoinFailed:
 		return "failed: " + j.Reason
 	}

@@ -68,6 +68,12 @@ else
 	echo "m3 waits, powered off, behind its Redfish BMC at $bmc (this mdc has no enroll yet)."
 fi
 
+# What each role's cluster says, and how one machine's join went.
+echo
+cli roles list || true
+echo
+cli machines show "$(jq -r 'select(.machine=="m1") | .mac' "$dir/rack.jsonl")" || true
+
 if [ -t 0 ] && [ -t 1 ]; then
 	echo
 	echo "The rack stays up; mdc's API is on http://$addr. Ctrl-C stops everything."
