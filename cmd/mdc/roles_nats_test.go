@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/microdc/mdc/api/agentapi"
 	"github.com/microdc/mdc/events/eventstest"
+	"github.com/microdc/mdc/internal/testkit"
 	"github.com/microdc/mdc/machine"
 	"github.com/microdc/mdc/roles"
 	"github.com/microdc/mdc/roles/nats/natstest"
@@ -56,8 +55,8 @@ func TestNATSRoleJoins(t *testing.T) {
 	if err := os.WriteFile(pol, []byte("rules:\n  - {role: nats, min_disks: 2}\nroles:\n  nats:\n    heartbeat: 1s\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cluster := "127.0.0.1:" + strconv.Itoa(freeTCPPort(t))
-	cp, rp, hp := freeTCPPort(t), freeTCPPort(t), freeTCPPort(t)
+	cluster := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
+	cp, rp, hp := testkit.FreePort(t), testkit.FreePort(t), testkit.FreePort(t)
 	url, _ := serveInProcess(t, dataDir, "--role-policy", pol, "--agent-heartbeat", "1s",
 		"--nats-cluster", cluster, "--nats-node-host", "127.0.0.1", "--nats-node-ports", fmt.Sprintf("%d,%d,%d", cp, rp, hp))
 	importTestImages(t, url, dataDir, "commissioning", "nats")
@@ -95,11 +94,11 @@ func TestNATSRoleJoins(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() { stopByPidFile(t, filepath.Join(root, "run/nats/nats-server.pid")) })
+	t.Cleanup(func() { testkit.StopPidFile(filepath.Join(root, "run/nats/nats-server.pid")) })
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var agentOut syncBuffer
+	var agentOut testkit.Buffer
 	cmd := exec.CommandContext(ctx, bin, "-root", root, "-dry-run")
 	cmd.Env = append(os.Environ(), "MDC_NATS_ROOT="+root, "MDC_NATS_BIN="+natsBin)
 	cmd.Stdout, cmd.Stderr = &agentOut, &agentOut
@@ -198,60 +197,12 @@ func TestNATSRoleJoins(t *testing.T) {
 	}
 }
 
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// stopByPidFile stops the process a join hook started, by its PID.
-func stopByPidFile(t *testing.T, pidFile string) {
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return
-	}
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		return
-	}
-	_ = p.Signal(syscall.SIGTERM)
-	for i := 0; i < 50 && !errors.Is(p.Signal(syscall.Signal(0)), os.ErrProcessDone); i++ {
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// syncBuffer collects a process's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A machine of any role that reports a public nkey gets a user JWT for it
 // and the member's client URL; with them it may publish its own subjects
 // only, until it is retired. A malformed key is the node's error (400).
 func TestMachineNATSCredentialsAnyRole(t *testing.T) {
 	fx := eventstest.Start(t)
-	f, err := (&roleFlags{natsCluster: "127.0.0.1:" + strconv.Itoa(freeTCPPort(t)), natsClients: "127.0.0.1:0",
+	f, err := (&roleFlags{natsCluster: "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t)), natsClients: "127.0.0.1:0",
 		natsClusterName: "mdc", natsNodeHost: "127.0.0.1", natsNodePorts: "4222,6222,8222"}).config()
 	if err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/microdc/mdc/api/agentapi"
+	"github.com/microdc/mdc/internal/testkit"
 	"github.com/microdc/mdc/machine"
 	"github.com/microdc/mdc/roles"
 )
@@ -483,7 +484,7 @@ func TestJoinHook(t *testing.T) {
 	t.Cleanup(func() { retire(t, r, m) })
 	o := n.jc.OSDs[0]
 	pidFile := n.path(fmt.Sprintf("/run/ceph/osd.%d.pid", o.ID))
-	t.Cleanup(func() { stopPidFile(pidFile) }) // before the retire above
+	t.Cleanup(func() { testkit.StopPidFile(pidFile) }) // before the retire above
 	cfg := n.path("/run/mdc/role-config.json")
 	if err := os.MkdirAll(filepath.Dir(cfg), 0o700); err != nil {
 		t.Fatal(err)
@@ -525,26 +526,5 @@ func TestJoinHook(t *testing.T) {
 	}
 	if pid2, _ := os.ReadFile(pidFile); string(pid2) != string(pid) {
 		t.Fatalf("second run restarted osd.%d (pid %s, then %s)", o.ID, pid, pid2)
-	}
-}
-
-// stopPidFile stops the process a hook started (not the test's child), by
-// the PID it wrote, and waits up to 15 s for it to go.
-func stopPidFile(path string) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return
-	}
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		return
-	}
-	_ = p.Signal(syscall.SIGTERM)
-	for i := 0; i < 150 && p.Signal(syscall.Signal(0)) == nil; i++ {
-		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,6 +25,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/microdc/mdc/api/agentapi"
+	"github.com/microdc/mdc/internal/testkit"
 	"github.com/microdc/mdc/machine"
 	"github.com/microdc/mdc/roles"
 	"github.com/microdc/mdc/roles/nats/natstest"
@@ -51,16 +51,6 @@ func keySeeds(t *testing.T, k *Keys) []string {
 	return seeds
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // mdcServer starts an embedded server configured as mdc's would be: a
 // cluster member listening for routes, or (clustered false) standalone.
 func mdcServer(t *testing.T, k *Keys, clustered bool) (*server.Server, int) {
@@ -68,7 +58,7 @@ func mdcServer(t *testing.T, k *Keys, clustered bool) (*server.Server, int) {
 	dir := t.TempDir()
 	clusterPort := 0
 	if clustered {
-		clusterPort = freePort(t)
+		clusterPort = testkit.FreePort(t)
 	}
 	o := &server.Options{
 		ServerName: "mdc",
@@ -92,23 +82,6 @@ func mdcServer(t *testing.T, k *Keys, clustered bool) (*server.Server, int) {
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	return srv, clusterPort
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // testLogger shows the embedded server's warnings and errors in the test log.
@@ -232,14 +205,14 @@ func TestNodeJoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, clusterPort := mdcServer(t, keys, true)
-	var roleLog syncBuffer
+	var roleLog testkit.Buffer
 
 	nodeDir := t.TempDir()
 	node := Node{
 		Host:        "127.0.0.1",
-		ClientPort:  freePort(t),
-		ClusterPort: freePort(t),
-		HTTPPort:    freePort(t),
+		ClientPort:  testkit.FreePort(t),
+		ClusterPort: testkit.FreePort(t),
+		HTTPPort:    testkit.FreePort(t),
 		ConfigFile:  filepath.Join(nodeDir, "etc/nats/nats-server.conf"),
 		UserJWTFile: filepath.Join(nodeDir, "etc/nats/user.jwt"),
 		StoreDir:    filepath.Join(nodeDir, "var/lib/nats/jetstream"),
@@ -686,9 +659,9 @@ func testNode(t *testing.T) Node {
 	dir := t.TempDir()
 	return Node{
 		Host:        "127.0.0.1",
-		ClientPort:  freePort(t),
-		ClusterPort: freePort(t),
-		HTTPPort:    freePort(t),
+		ClientPort:  testkit.FreePort(t),
+		ClusterPort: testkit.FreePort(t),
+		HTTPPort:    testkit.FreePort(t),
 		ConfigFile:  filepath.Join(dir, "etc/nats/nats-server.conf"),
 		UserJWTFile: filepath.Join(dir, "etc/nats/user.jwt"),
 		StoreDir:    filepath.Join(dir, "var/lib/nats/jetstream"),
