@@ -33,6 +33,7 @@ import (
 	"github.com/microdc/mdc/api"
 	"github.com/microdc/mdc/hack/vrack"
 	"github.com/microdc/mdc/images/blob"
+	"github.com/microdc/mdc/internal/testkit"
 	"github.com/microdc/mdc/machine"
 )
 
@@ -243,7 +244,7 @@ func (l *testLab) bootVM(fw firmware, mac, kernelPath, initrdPath string, limit 
 	m := l.machine(fw, mac, 512, 0, nil)
 	m.Extra = []string{"-no-reboot"}
 	sn := l.sniff(m.Tap, kernelPath, initrdPath)
-	serial := &lockedBuffer{}
+	serial := &testkit.Buffer{}
 	vm := l.startMachine(m, serial)
 	defer func() {
 		vm.Stop()

@@ -9,7 +9,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"mime/multipart"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/microdc/mdc/api/agentapi"
 	"github.com/microdc/mdc/images"
+	"github.com/microdc/mdc/internal/testkit"
 	"github.com/microdc/mdc/machine"
 	"github.com/microdc/mdc/roles"
 )
@@ -72,16 +72,6 @@ type kuboNode struct {
 	reconnect []string
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // newNode runs `ipfs init` as a role image would on first boot (the
 // default profile: what a node gets without mdc's settings).
 func newNode(t *testing.T, bin, name string, n int) *kuboNode {
@@ -91,7 +81,7 @@ func newNode(t *testing.T, bin, name string, n int) *kuboNode {
 		t: t, bin: bin, name: name, dir: dir,
 		id:    machine.ID(fmt.Sprintf("52540000%04x", n)),
 		repo:  filepath.Join(dir, "var/lib/ipfs"),
-		swarm: freePort(t), api: freePort(t),
+		swarm: testkit.FreePort(t), api: testkit.FreePort(t),
 	}
 	k.rpc = "http://127.0.0.1:" + strconv.Itoa(k.api)
 	k.env = append(os.Environ(), "IPFS_PATH="+k.repo)
@@ -656,7 +646,7 @@ func TestJoinHook(t *testing.T) {
 		t.Fatal(err)
 	}
 	m2 := machine.Machine{ID: "525400000002", Role: Name, State: machine.Running}
-	swarm, api := freePort(t), freePort(t)
+	swarm, api := testkit.FreePort(t), testkit.FreePort(t)
 	var pid int
 	t.Cleanup(func() {
 		if pid == 0 {
