@@ -88,6 +88,7 @@ func TestServeUsageErrors(t *testing.T) {
 		{"nats cluster by name", []string{"serve", "--nats-cluster", "mdc.local:6222"}, nil, "--nats-cluster"},
 		{"nats clients without cluster", []string{"serve", "--nats-cluster-clients", ":4222"}, nil, "--nats-cluster-clients goes with --nats-cluster"},
 		{"nats node ports", []string{"serve", "--nats-cluster", "10.0.0.1:6222", "--nats-node-ports", "4222,6222"}, nil, "--nats-node-ports"},
+		{"nats node port not a number", []string{"serve", "--nats-cluster", "10.0.0.1:6222", "--nats-node-ports", "4222,x,8222"}, nil, "--nats-node-ports"},
 		{"nats node host", []string{"serve", "--nats-cluster", "10.0.0.1:6222", "--nats-node-host", "any"}, nil, "--nats-node-host"},
 		{"bmc timeout too short", []string{"serve", "--bmc-timeout", "10ms"}, nil, "--bmc-timeout"},
 		{"bmc boot mode", []string{"serve", "--bmc-boot-mode", "efi"}, nil, "--bmc-boot-mode"},

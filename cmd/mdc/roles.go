@@ -63,18 +63,16 @@ func (f *roleFlags) config() (*roleFlags, error) {
 			return nil, usagef("--nats-cluster-clients %q: %v", f.natsClients, err)
 		}
 	}
-	ports := strings.Split(f.natsNodePorts, ",")
-	var p [3]int
-	for i := range p {
-		if len(ports) != 3 {
+	var p []int
+	for _, s := range strings.Split(f.natsNodePorts, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 || n > 65535 {
+			p = nil
 			break
 		}
-		p[i], err = strconv.Atoi(strings.TrimSpace(ports[i]))
-		if err != nil || p[i] <= 0 || p[i] > 65535 {
-			p[i] = 0
-		}
+		p = append(p, n)
 	}
-	if p[0] == 0 || p[1] == 0 || p[2] == 0 {
+	if len(p) != 3 {
 		return nil, usagef("--nats-node-ports %q: want three ports, client,cluster,monitoring (e.g. 4222,6222,8222)", f.natsNodePorts)
 	}
 	if net.ParseIP(f.natsNodeHost) == nil {
