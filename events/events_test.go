@@ -223,6 +223,15 @@ func TestAppendIdempotentRetry(t *testing.T) {
 	if stored.Seq != seq1 || m.Events != 1 {
 		t.Fatalf("retry stored seq %d (first %d), machine has %d events", stored.Seq, seq1, m.Events)
 	}
+	// The same retry once the table has applied the event (then it is no
+	// longer a legal next event): still success, still one copy.
+	if err := env.store.Table.WaitFor(ctx, seq1); err != nil {
+		t.Fatal(err)
+	}
+	m, stored, err = env.store.Update(ctx, id, func(machine.Machine) (machine.Event, error) { return e, nil })
+	if err != nil || stored.Seq != seq1 || m.Events != 1 {
+		t.Fatalf("retry after the table caught up: %v, seq %d (first %d), %d events", err, stored.Seq, seq1, m.Events)
+	}
 	h, _ := env.store.Log.History(ctx, id)
 	if len(h) != 1 {
 		t.Fatalf("history has %d events, want 1", len(h))

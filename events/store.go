@@ -98,6 +98,13 @@ func (s *Store) Update(ctx context.Context, id machine.ID, decide Decision) (mac
 		}
 		e.ID = eventID
 		if _, err := machine.Apply(cur, e); err != nil {
+			// A writer retrying an event whose ack was lost: once the table
+			// has applied it, it is no longer a legal next event, but it is
+			// stored, and that is success.
+			if h, ok, herr := s.stored(ctx, id, eventID); herr == nil && ok {
+				m, _ := s.Table.Get(id)
+				return m, h, nil
+			}
 			return cur, machine.Event{}, err
 		}
 		seq, err := s.Log.Append(ctx, e, cur.LastSeq)
@@ -131,6 +138,21 @@ func (s *Store) Update(ctx context.Context, id machine.ID, decide Decision) (mac
 		}
 		s.log.Debug("append conflict, deciding again", "machine", id, "attempt", attempt)
 	}
+}
+
+// stored finds event eventID in id's history, and waits for the table to
+// have applied it.
+func (s *Store) stored(ctx context.Context, id machine.ID, eventID string) (machine.Event, bool, error) {
+	history, err := s.Log.History(ctx, id)
+	if err != nil {
+		return machine.Event{}, false, err
+	}
+	for _, h := range history {
+		if h.ID == eventID {
+			return h, true, s.Table.WaitFor(ctx, h.Seq)
+		}
+	}
+	return machine.Event{}, false, nil
 }
 
 // Get returns a machine from the table.
