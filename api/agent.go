@@ -490,8 +490,9 @@ func (s *Server) roleConfig(ctx context.Context, b agentBoot, report map[string]
 }
 
 // policyConfig is the policy's part of b's role configuration. The roles'
-// part mints secrets and needs the node's report: joined checks only the
-// policy's evidence here, and the role's Verify judges its own.
+// part mints secrets and needs the node's report, so joined does not ask
+// for it again: it checks the policy's evidence and what the configuration
+// served to this boot asked for (servedEvidence).
 func (s *Server) policyConfig(b agentBoot) (agentapi.RoleConfig, error) {
 	m := b.m
 	m.Image = b.image
@@ -548,7 +549,7 @@ func (s *Server) agentConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.heard(r, b, agentapi.Heartbeat{Phase: agentapi.PhaseConfiguring})
-	s.joinConfigured(b)
+	s.joinConfigured(b, c.Evidence)
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, c)
 }
@@ -584,8 +585,8 @@ func (s *Server) agentJoined(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var missing []string
-	for _, k := range c.Evidence {
-		if d.Evidence[k] == "" {
+	for _, k := range append(c.Evidence, s.servedEvidence(b)...) {
+		if d.Evidence[k] == "" && !slices.Contains(missing, k) {
 			missing = append(missing, k)
 		}
 	}

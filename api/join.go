@@ -43,6 +43,9 @@ type JoinStatus struct {
 type joinEntry struct {
 	boot string // the boot token's hash
 	st   JoinStatus
+	// evidence is what the role configuration served to this boot asked
+	// for; joined must carry it.
+	evidence []string
 }
 
 // maxJoins bounds the join table; the oldest entries go first.
@@ -50,7 +53,7 @@ const maxJoins = 100000
 
 // joinUpdate changes the join status of b's boot, starting it afresh for
 // a new boot.
-func (s *Server) joinUpdate(b agentBoot, fn func(j *JoinStatus)) {
+func (s *Server) joinUpdate(b agentBoot, fn func(e *joinEntry)) {
 	s.agent.mu.Lock()
 	defer s.agent.mu.Unlock()
 	if s.agent.joins == nil {
@@ -64,7 +67,7 @@ func (s *Server) joinUpdate(b agentBoot, fn func(j *JoinStatus)) {
 		e = &joinEntry{boot: b.token.TokenSHA256, st: JoinStatus{State: JoinConfiguring, Role: b.role}}
 		s.agent.joins[b.m.ID] = e
 	}
-	fn(&e.st)
+	fn(e)
 }
 
 func (s *Server) dropOldestJoinLocked() {
@@ -84,16 +87,31 @@ func (s *Server) dropOldestJoinLocked() {
 	delete(s.agent.joins, oldest)
 }
 
-func (s *Server) joinConfigured(b agentBoot) {
-	s.joinUpdate(b, func(j *JoinStatus) {
-		if j.ConfiguredAt.IsZero() {
-			j.ConfiguredAt = time.Now()
+// joinConfigured records that b's agent fetched its configuration, which
+// asks for evidence.
+func (s *Server) joinConfigured(b agentBoot, evidence []string) {
+	s.joinUpdate(b, func(e *joinEntry) {
+		if e.st.ConfiguredAt.IsZero() {
+			e.st.ConfiguredAt = time.Now()
 		}
+		e.evidence = evidence
 	})
 }
 
+// servedEvidence is the evidence the configuration served to b asked for;
+// nil if this mdc served none (it restarted since).
+func (s *Server) servedEvidence(b agentBoot) []string {
+	s.agent.mu.Lock()
+	defer s.agent.mu.Unlock()
+	if e := s.agent.joins[b.m.ID]; e != nil && e.boot == b.token.TokenSHA256 {
+		return e.evidence
+	}
+	return nil
+}
+
 func (s *Server) joinReported(b agentBoot) {
-	s.joinUpdate(b, func(j *JoinStatus) {
+	s.joinUpdate(b, func(e *joinEntry) {
+		j := &e.st
 		if j.ReportedAt.IsZero() {
 			j.ReportedAt = time.Now()
 		}
@@ -106,7 +124,8 @@ func (s *Server) joinReported(b agentBoot) {
 // joinChecked records one answer of the role's cluster.
 func (s *Server) joinChecked(b agentBoot, confirmed bool, err error) {
 	now := time.Now()
-	s.joinUpdate(b, func(j *JoinStatus) {
+	s.joinUpdate(b, func(e *joinEntry) {
+		j := &e.st
 		j.CheckedAt = now
 		j.Checks++
 		switch {

@@ -18,8 +18,9 @@ type clusterRoles struct {
 	mu       sync.Mutex
 	reports  []map[string]string
 	checks   map[machine.ID]int
-	confirmN int   // checks until the cluster shows the node
-	refuse   error // the cluster's refusal, if any
+	confirmN int    // checks until the cluster shows the node
+	refuse   error  // the cluster's refusal, if any
+	evidence string // evidence the role asks for, if any
 }
 
 func (r *clusterRoles) Configure(_ context.Context, m machine.Machine, role string, report map[string]string, c *agentapi.RoleConfig) error {
@@ -27,6 +28,9 @@ func (r *clusterRoles) Configure(_ context.Context, m machine.Machine, role stri
 	defer r.mu.Unlock()
 	r.reports = append(r.reports, report)
 	c.Files = append(c.Files, agentapi.File{Path: "/etc/cluster/member.conf", Mode: "0600", Content: "member " + report["nkey"] + "\n"})
+	if r.evidence != "" {
+		c.Evidence = append(c.Evidence, r.evidence)
+	}
 	return nil
 }
 
@@ -122,4 +126,29 @@ func countType(ts []machine.EventType, t machine.EventType) int {
 		}
 	}
 	return n
+}
+
+// joined must carry the evidence the role's configuration asked for, and
+// checking that does not configure the role again (which mints secrets).
+func TestJoinedNeedsRoleEvidence(t *testing.T) {
+	roles := &clusterRoles{checks: map[machine.ID]int{}, confirmN: 1, evidence: "member_id"}
+	f := newAgentFixture(t, testPolicy, func(c *AgentConfig) { c.Roles = roles })
+	id := machine.MustParseID("52:54:00:c1:00:05")
+	tok := f.toRoleBoot(t, id)
+	var rc agentapi.RoleConfig
+	f.ok(t, "GET", agentapi.PathConfig+"?nkey=UABC123", id, tok, "", &rc)
+	code, b := f.call(t, "POST", agentapi.PathJoined, id, tok, `{"evidence":{"kernel":"6.1.0-test","hook":"test"}}`)
+	if code != 400 || !strings.Contains(string(b), "member_id") {
+		t.Fatalf("joined without the role's evidence: %d %s, want 400 naming member_id", code, b)
+	}
+	var rec agentapi.Recorded
+	f.ok(t, "POST", agentapi.PathJoined, id, tok, `{"evidence":{"kernel":"6.1.0-test","hook":"test","member_id":"m1"}}`, &rec)
+	if rec.State != machine.StJoined {
+		t.Fatalf("state %s, want joined", rec.State)
+	}
+	roles.mu.Lock()
+	defer roles.mu.Unlock()
+	if len(roles.reports) != 1 {
+		t.Errorf("the role was configured %d times, want once (joined must not configure it again)", len(roles.reports))
+	}
 }

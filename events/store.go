@@ -124,14 +124,12 @@ func (s *Store) Update(ctx context.Context, id machine.ID, decide Decision) (mac
 		if herr != nil {
 			return cur, machine.Event{}, herr
 		}
-		for _, h := range history {
-			if h.ID == eventID { // an earlier attempt was stored after all
-				if err := s.Table.WaitFor(ctx, h.Seq); err != nil {
-					return cur, h, err
-				}
-				m, _ := s.Table.Get(id)
-				return m, h, nil
+		if h, ok := findEvent(history, eventID); ok { // an earlier attempt was stored after all
+			if err := s.Table.WaitFor(ctx, h.Seq); err != nil {
+				return cur, h, err
 			}
+			m, _ := s.Table.Get(id)
+			return m, h, nil
 		}
 		if cur, err = machine.Fold(history); err != nil {
 			return cur, machine.Event{}, fmt.Errorf("fold history of %s: %w", id, err)
@@ -147,12 +145,20 @@ func (s *Store) stored(ctx context.Context, id machine.ID, eventID string) (mach
 	if err != nil {
 		return machine.Event{}, false, err
 	}
+	h, ok := findEvent(history, eventID)
+	if !ok {
+		return h, false, nil
+	}
+	return h, true, s.Table.WaitFor(ctx, h.Seq)
+}
+
+func findEvent(history []machine.Event, eventID string) (machine.Event, bool) {
 	for _, h := range history {
 		if h.ID == eventID {
-			return h, true, s.Table.WaitFor(ctx, h.Seq)
+			return h, true
 		}
 	}
-	return machine.Event{}, false, nil
+	return machine.Event{}, false
 }
 
 // Get returns a machine from the table.

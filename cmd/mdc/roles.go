@@ -154,10 +154,8 @@ func (r *roleSide) Verify(ctx context.Context, m machine.Machine, role string, e
 	if !ok {
 		return true, nil
 	}
+	// An error wrapping roles.ErrNotYet is the cluster's reason for not yet.
 	err := x.Verify(ctx, m, evidence)
-	if errors.Is(err, roles.ErrNotYet) {
-		return false, err // not yet; the error is the cluster's reason
-	}
 	return err == nil, err
 }
 

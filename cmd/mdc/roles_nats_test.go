@@ -281,6 +281,9 @@ func TestMachineNATSCredentialsAnyRole(t *testing.T) {
 	for {
 		c, _, err := connect()
 		if err != nil {
+			if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+				t.Fatalf("after revocation: %v, want an authorization error", err)
+			}
 			break
 		}
 		c.Close()

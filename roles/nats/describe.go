@@ -2,11 +2,11 @@ package nats
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
-	"strconv"
+	"strings"
 
 	"github.com/microdc/mdc/machine"
 	"github.com/microdc/mdc/roles"
@@ -19,16 +19,26 @@ var _ roles.Describer = (*Role)(nil)
 func (r *Role) Describe(ctx context.Context) (roles.Status, error) {
 	n := r.cfg.Node
 	st := roles.Status{Name: RoleName, Settings: map[string]string{
-		"cluster":      r.cfg.ClusterName,
-		"operator":     r.keys.OperatorPublicKey(),
-		"account":      r.keys.AccountPublicKey(),
-		"node ports":   fmt.Sprintf("client %d, cluster %d, monitor %d (on %s)", n.ClientPort, n.ClusterPort, n.HTTPPort, n.MonitorHost),
-		"node servers": "server_name = machine name, else its id",
+		"cluster":    r.cfg.ClusterName,
+		"operator":   r.keys.OperatorPublicKey(),
+		"account":    r.keys.AccountPublicKey(),
+		"node ports": fmt.Sprintf("client %d, cluster %d, monitor %d (on %s)", n.ClientPort, n.ClusterPort, n.HTTPPort, n.MonitorHost),
 	}}
 	if routes, err := r.cfg.Routes(ctx); err == nil {
 		st.Settings["seed routes"] = fmt.Sprint(routes)
 	}
-	servers, err := r.servers(ctx)
+	// Route pooling makes several connections per peer: count peers.
+	peers := map[string]map[string]bool{} // server name → names it routes to
+	err := r.pingRoutez(ctx, func(a routezAnswer) bool {
+		to := map[string]bool{}
+		for _, ri := range a.Data.Routes {
+			if ri != nil && ri.RemoteName != "" {
+				to[ri.RemoteName] = true
+			}
+		}
+		peers[a.Server.Name] = to
+		return false
+	})
 	if err != nil {
 		st.Summary = "cluster not reachable: " + err.Error()
 		return st, nil
@@ -39,58 +49,19 @@ func (r *Role) Describe(ctx context.Context) (roles.Status, error) {
 			byName[ServerName(m)] = m.ID
 		}
 	}
-	nodes := 0
-	for _, s := range servers {
-		id, ok := byName[s.name]
+	for name, to := range peers {
+		id, ok := byName[name]
 		if !ok {
 			continue // mdc's own member, or a server mdc did not configure
 		}
-		nodes++
-		st.Members = append(st.Members, roles.Member{Machine: id,
-			Detail: "server " + s.name + ", " + strconv.Itoa(s.routes) + " routes"})
+		names := slices.Sorted(maps.Keys(to))
+		detail := "server " + name + ", no route"
+		if len(names) > 0 {
+			detail = "server " + name + ", routes to " + strings.Join(names, ", ")
+		}
+		st.Members = append(st.Members, roles.Member{Machine: id, Detail: detail})
 	}
-	st.Summary = fmt.Sprintf("NATS cluster %q: %d nodes mdc configured, %d servers in all (mdc's member included)", r.cfg.ClusterName, nodes, len(servers))
+	sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].Machine < st.Members[j].Machine })
+	st.Summary = fmt.Sprintf("NATS cluster %q: %d servers answer, %d of them nodes mdc configured", r.cfg.ClusterName, len(peers), len(st.Members))
 	return st, nil
-}
-
-type serverRoutes struct {
-	name   string
-	routes int
-}
-
-// servers asks every server of the cluster for its routes and collects
-// the answers for VerifyWait.
-func (r *Role) servers(ctx context.Context) ([]serverRoutes, error) {
-	nc, err := r.connectSystem(len(r.cfg.URLs) == 0)
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return nil, err
-	}
-	if err := nc.PublishRequest("$SYS.REQ.SERVER.PING.ROUTEZ", inbox, nil); err != nil {
-		return nil, err
-	}
-	wctx, cancel := context.WithTimeout(ctx, r.cfg.VerifyWait)
-	defer cancel()
-	var out []serverRoutes
-	for {
-		msg, err := sub.NextMsgWithContext(wctx)
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		var a routezAnswer
-		if json.Unmarshal(msg.Data, &a) != nil || a.Error != nil {
-			continue
-		}
-		out = append(out, serverRoutes{name: a.Server.Name, routes: len(a.Data.Routes)})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
-	return out, nil
 }

@@ -334,7 +334,7 @@ func TestNodeJoins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Members) != 1 || st.Members[0].Machine != m.ID || !strings.Contains(st.Members[0].Detail, "nats-1") {
+	if len(st.Members) != 1 || st.Members[0].Machine != m.ID || st.Members[0].Detail != "server nats-1, routes to mdc" {
 		t.Errorf("Describe members %+v, want %s (nats-1)", st.Members, m.ID)
 	}
 	shown, _ := json.Marshal(st)

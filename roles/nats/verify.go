@@ -66,36 +66,7 @@ type routezAnswer struct {
 // sides of name's route were seen.
 func (r *Role) routes(ctx context.Context, name string) (routeSeen, error) {
 	var seen routeSeen
-	nc, err := r.connectSystem(len(r.cfg.URLs) == 0)
-	if err != nil {
-		return seen, err
-	}
-	defer nc.Close()
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return seen, err
-	}
-	if err := nc.PublishRequest("$SYS.REQ.SERVER.PING.ROUTEZ", inbox, nil); err != nil {
-		return seen, fmt.Errorf("nats role: ask for routes: %w", err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, r.cfg.VerifyWait)
-	defer cancel()
-	for !(seen.node && seen.cluster) {
-		msg, err := sub.NextMsgWithContext(wctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return seen, ctx.Err()
-			}
-			if errors.Is(err, context.DeadlineExceeded) {
-				break
-			}
-			return seen, fmt.Errorf("nats role: routes: %w", err)
-		}
-		var a routezAnswer
-		if err := json.Unmarshal(msg.Data, &a); err != nil || a.Error != nil {
-			continue // one server's bad answer says nothing about the others
-		}
+	err := r.pingRoutez(ctx, func(a routezAnswer) bool {
 		if a.Server.Name == name {
 			seen.nodeAnswered = true
 		} else {
@@ -112,6 +83,48 @@ func (r *Role) routes(ctx context.Context, name string) (routeSeen, error) {
 				seen.cluster = true
 			}
 		}
+		return seen.node && seen.cluster
+	})
+	return seen, err
+}
+
+// pingRoutez asks every server of the cluster for its routes over the
+// system account and hands each good answer to each, for VerifyWait or
+// until each says it has seen enough. One server's bad answer says nothing
+// about the others and is skipped.
+func (r *Role) pingRoutez(ctx context.Context, each func(routezAnswer) (enough bool)) error {
+	nc, err := r.connectSystem(len(r.cfg.URLs) == 0)
+	if err != nil {
+		return err
 	}
-	return seen, nil
+	defer nc.Close()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	if err := nc.PublishRequest("$SYS.REQ.SERVER.PING.ROUTEZ", inbox, nil); err != nil {
+		return fmt.Errorf("nats role: ask for routes: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.VerifyWait)
+	defer cancel()
+	for {
+		msg, err := sub.NextMsgWithContext(wctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil
+			}
+			return fmt.Errorf("nats role: routes: %w", err)
+		}
+		var a routezAnswer
+		if err := json.Unmarshal(msg.Data, &a); err != nil || a.Error != nil {
+			continue
+		}
+		if each(a) {
+			return nil
+		}
+	}
 }
